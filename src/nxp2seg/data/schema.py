@@ -1,0 +1,431 @@
+"""Label schema, graded regions and grade scales: the domain constants, in one place.
+
+Everything that knows what a label value, a region or a grade means reads it
+from here, and this module reads it from a cohort's ``dataset.json`` (falling
+back to the defaults of DESIGN.md). Nothing else re-types these tables.
+
+Two label levels exist:
+
+* **compartment** (default): 0 background, 1–12 the six compartments of each
+  leg's thigh and calf, 13/14 subcutaneous right/left, 15 bone.
+* **muscle**: every named muscle per side, with subcutaneous tissue and bone;
+  each graded region (compartment and side) lists its member muscle labels,
+  which is the roll-up that turns a muscle map into a compartment map.
+
+Grades are read per *region* (a compartment of one side), e.g.
+``thigh_anterior_right``; region names are the same at both label levels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "STATIONS",
+    "SIDES",
+    "COMPARTMENTS",
+    "MUSCLES",
+    "PATTERNS",
+    "EXTENT_CLASSES",
+    "GradeScale",
+    "GRADE_SCALES",
+    "FAT_SCALE",
+    "get_grade_scale",
+    "Region",
+    "LabelSchema",
+    "default_compartment_schema",
+    "default_muscle_schema",
+    "region_name",
+    "SchemaError",
+]
+
+STATIONS: tuple[str, ...] = ("thigh", "calf")
+SIDES: tuple[str, ...] = ("right", "left")  # the patient's sides
+COMPARTMENTS: dict[str, tuple[str, ...]] = {
+    "thigh": ("anterior", "medial", "posterior"),
+    "calf": ("anterior", "lateral", "posterior"),
+}
+MUSCLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "thigh": {
+        "anterior": (
+            "sartorius",
+            "rectus_femoris",
+            "vastus_lateralis",
+            "vastus_medialis",
+            "vastus_intermedius",
+        ),
+        "medial": ("gracilis", "adductor_longus", "adductor_brevis", "adductor_magnus"),
+        "posterior": (
+            "biceps_femoris_long_head",
+            "biceps_femoris_short_head",
+            "semimembranosus",
+            "semitendinosus",
+        ),
+    },
+    "calf": {
+        "anterior": ("tibialis_anterior", "extensor_hallucis_longus", "extensor_digitorum_longus"),
+        "lateral": ("peroneus_longus", "peroneus_brevis"),
+        "posterior": (
+            "gastrocnemius_medial_head",
+            "gastrocnemius_lateral_head",
+            "soleus",
+            "tibialis_posterior",
+            "flexor_hallucis_longus",
+            "flexor_digitorum_longus",
+        ),
+    },
+}
+PATTERNS: tuple[str, ...] = ("none", "patchy", "mixed", "diffuse")
+#: Spatial extent class of an edema grade; the pattern rule reads these.
+EXTENT_CLASSES: tuple[str, ...] = ("none", "focal", "segmented", "global")
+
+
+class SchemaError(ValueError):
+    """A dataset.json label schema or grade scale that cannot be honoured."""
+
+
+# ---------------------------------------------------------------------------
+# grade scales
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradeScale:
+    """An ordinal grading scale 0..max_grade.
+
+    Attributes:
+        name: identifier used in ``dataset.json`` (``grade_scale``) and configs.
+        levels: a reader-facing description of each integer grade, index = grade.
+        extent: extent class of each grade (one of :data:`EXTENT_CLASSES`);
+            the station pattern rule reads these.
+        intensity: ``"none" | "mild" | "moderate"`` per grade, where the scale
+            encodes signal intensity (``beltrame6``); ``"any"`` otherwise.
+    """
+
+    name: str
+    levels: tuple[str, ...]
+    extent: tuple[str, ...]
+    intensity: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.levels)
+        if n < 2 or len(self.extent) != n or len(self.intensity) != n:
+            raise SchemaError(f"grade scale {self.name!r}: levels, extent and intensity differ in length")
+        bad = [e for e in self.extent if e not in EXTENT_CLASSES]
+        if bad:
+            raise SchemaError(f"grade scale {self.name!r}: unknown extent classes {bad}")
+
+    @property
+    def max_grade(self) -> int:
+        return len(self.levels) - 1
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    def grades(self) -> np.ndarray:
+        """All integer grades, ``0..max_grade``."""
+        return np.arange(self.n_levels)
+
+    def to_int(self, grade: Any) -> np.ndarray:
+        """Round continuous grades to the nearest integer grade, clipped to the scale.
+
+        Halves round up (2.5 -> 3), the usual reading of a mean of two raters.
+        NaN stays NaN (returned as float then).
+        """
+        g = np.asarray(grade, dtype=float)
+        out = np.floor(np.clip(g, 0, self.max_grade) + 0.5)
+        if np.isnan(out).any():
+            return out
+        return out.astype(int)
+
+    def contains(self, grade: Any) -> np.ndarray:
+        """Element-wise: is the value an integer grade of this scale (NaN = not graded = True)."""
+        g = np.asarray(grade, dtype=float)
+        ok = np.isnan(g) | ((g >= 0) & (g <= self.max_grade) & (np.floor(g) == g))
+        return ok
+
+
+GRADE_SCALES: dict[str, GradeScale] = {
+    "beltrame6": GradeScale(
+        name="beltrame6",
+        levels=(
+            "absent",
+            "mild, intrafascicular (focal)",
+            "mild, intrafascicular, segmented",
+            "mild, intrafascicular, global",
+            "moderate, segmented",
+            "moderate, global",
+        ),
+        extent=("none", "focal", "segmented", "global", "segmented", "global"),
+        intensity=("none", "mild", "mild", "mild", "moderate", "moderate"),
+    ),
+    "extent4": GradeScale(
+        name="extent4",
+        levels=("none", "<30% of the muscle", "31-75% of the muscle", ">75% of the muscle"),
+        extent=("none", "focal", "segmented", "global"),
+        intensity=("none", "any", "any", "any"),
+    ),
+}
+
+#: T1 fatty infiltration, per region.
+FAT_SCALE = GradeScale(
+    name="fat5",
+    levels=("none", "traces", "<30%", "30-60%", ">60%"),
+    extent=("none", "focal", "segmented", "segmented", "global"),
+    intensity=("none", "any", "any", "any", "any"),
+)
+
+
+def get_grade_scale(name: str) -> GradeScale:
+    """Look up an edema grade scale by name (``beltrame6`` or ``extent4``)."""
+    try:
+        return GRADE_SCALES[name]
+    except KeyError:
+        raise SchemaError(
+            f"unknown grade scale {name!r}; choose one of {sorted(GRADE_SCALES)} "
+            "(dataset.json 'grade_scale' or the config key 'grade_scale')"
+        ) from None
+
+
+# ---------------------------------------------------------------------------
+# regions and label schema
+# ---------------------------------------------------------------------------
+
+
+def region_name(station: str, compartment: str, side: str) -> str:
+    """Canonical region name, e.g. ``thigh_anterior_right``."""
+    return f"{station}_{compartment}_{side}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A graded region: one compartment of one leg at one station.
+
+    Attributes:
+        name: e.g. ``thigh_anterior_right``.
+        station: ``thigh`` or ``calf``.
+        compartment: e.g. ``anterior``.
+        side: the patient's side, ``right`` or ``left``.
+        labels: label values (of the schema it belongs to) that make up the region.
+    """
+
+    name: str
+    station: str
+    compartment: str
+    side: str
+    labels: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "compartment": self.compartment,
+            "side": self.side,
+            "station": self.station,
+            "labels": list(self.labels),
+        }
+
+
+def _default_regions_for(labels: Mapping[str, int], level: str) -> dict[str, Region]:
+    regions: dict[str, Region] = {}
+    for station in STATIONS:
+        for side in SIDES:
+            for comp in COMPARTMENTS[station]:
+                name = region_name(station, comp, side)
+                if level == "compartment":
+                    members = (labels[name],)
+                else:
+                    members = tuple(labels[f"{m}_{side}"] for m in MUSCLES[station][comp])
+                regions[name] = Region(name, station, comp, side, members)
+    return regions
+
+
+def _compartment_labels() -> dict[str, int]:
+    labels = {"background": 0}
+    v = 1
+    for station in STATIONS:
+        for side in SIDES:
+            for comp in COMPARTMENTS[station]:
+                labels[region_name(station, comp, side)] = v
+                v += 1
+    labels["subcutaneous_right"] = 13
+    labels["subcutaneous_left"] = 14
+    labels["bone"] = 15
+    return labels
+
+
+def _muscle_labels() -> dict[str, int]:
+    labels = {"background": 0}
+    v = 1
+    for station in STATIONS:
+        for side in SIDES:
+            for comp in COMPARTMENTS[station]:
+                for m in MUSCLES[station][comp]:
+                    labels[f"{m}_{side}"] = v
+                    v += 1
+    labels["subcutaneous_right"] = v
+    labels["subcutaneous_left"] = v + 1
+    labels["bone"] = v + 2
+    return labels
+
+
+#: Non-graded structures present in both schemas, with their station-free names.
+STRUCTURES: tuple[str, ...] = ("subcutaneous_right", "subcutaneous_left", "bone")
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """Label values, their names, and the graded regions built from them.
+
+    Attributes:
+        labels: ``{name: value}`` as in nnU-Net's ``dataset.json``; ``background`` is 0.
+        regions: graded regions ``{name: Region}``, in a fixed order
+            (thigh right, thigh left, calf right, calf left; anterior first).
+        level: ``"compartment"`` or ``"muscle"``.
+    """
+
+    labels: dict[str, int]
+    regions: dict[str, Region]
+    level: str = "compartment"
+    _value_to_name: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.labels.get("background") != 0:
+            raise SchemaError("dataset.json 'labels' must map 'background' to 0")
+        values = list(self.labels.values())
+        if len(set(values)) != len(values):
+            dup = sorted({v for v in values if values.count(v) > 1})
+            raise SchemaError(f"dataset.json 'labels' reuses values {dup}; each label needs its own value")
+        if any((not isinstance(v, (int, np.integer))) or v < 0 or v > 255 for v in values):
+            raise SchemaError("dataset.json 'labels' values must be integers in 0..255")
+        known = set(values)
+        for r in self.regions.values():
+            if r.station not in STATIONS:
+                raise SchemaError(f"region {r.name!r}: station {r.station!r} is not one of {STATIONS}")
+            if r.side not in SIDES:
+                raise SchemaError(f"region {r.name!r}: side {r.side!r} is not one of {SIDES}")
+            if r.compartment not in COMPARTMENTS[r.station]:
+                raise SchemaError(
+                    f"region {r.name!r}: compartment {r.compartment!r} is not one of "
+                    f"{COMPARTMENTS[r.station]} for station {r.station!r}"
+                )
+            missing = [v for v in r.labels if v not in known]
+            if missing:
+                raise SchemaError(f"region {r.name!r} lists label values {missing} that 'labels' does not define")
+        object.__setattr__(self, "_value_to_name", {int(v): k for k, v in self.labels.items()})
+
+    # -- lookups ----------------------------------------------------------
+    @property
+    def max_label(self) -> int:
+        return max(self.labels.values())
+
+    def name_of(self, value: int) -> str:
+        return self._value_to_name[int(value)]
+
+    def region_names(self, station: str | None = None) -> list[str]:
+        """Graded region names, optionally of one station, in schema order."""
+        return [n for n, r in self.regions.items() if station is None or r.station == station]
+
+    def station_labels(self, station: str) -> set[int]:
+        """Label values that may appear in a case of ``station``."""
+        vals = {0}
+        for r in self.regions.values():
+            if r.station == station:
+                vals.update(r.labels)
+        for s in STRUCTURES:
+            if s in self.labels:
+                vals.add(self.labels[s])
+        return vals
+
+    def rollup_lut(self) -> np.ndarray:
+        """Lookup table from this schema's values to the default compartment values.
+
+        ``compartment_map = schema.rollup_lut()[label_map]``. Identity for the
+        compartment schema.
+        """
+        comp = _compartment_labels()
+        lut = np.zeros(self.max_label + 1, dtype=np.uint8)
+        for r in self.regions.values():
+            for v in r.labels:
+                lut[v] = comp[r.name]
+        for s in STRUCTURES:
+            if s in self.labels:
+                lut[self.labels[s]] = comp[s]
+        return lut
+
+    # -- (de)serialisation ---------------------------------------------------
+    def to_dataset_json(self) -> dict[str, Any]:
+        """The ``labels`` and ``regions`` entries of ``dataset.json``."""
+        return {
+            "labels": dict(self.labels),
+            "regions": {n: r.to_dict() for n, r in self.regions.items()},
+            "label_level": self.level,
+        }
+
+    @classmethod
+    def from_dataset_json(cls, d: Mapping[str, Any]) -> "LabelSchema":
+        """Read the schema from a parsed ``dataset.json``.
+
+        ``labels`` falls back to the default compartment schema; ``regions``
+        falls back to the default regions when the label names allow it.
+        """
+        if "labels" not in d:
+            return default_compartment_schema()
+        raw = d["labels"]
+        if not isinstance(raw, Mapping):
+            raise SchemaError("dataset.json 'labels' must be an object {name: value}")
+        labels: dict[str, int] = {}
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise SchemaError(
+                    f"dataset.json label {k!r} has value {v!r}; nxp2seg needs one integer per label "
+                    "(nnU-Net region-based label lists are not supported)"
+                )
+            labels[str(k)] = int(v)
+        level = d.get("label_level")
+        if "regions" in d:
+            regions = {}
+            for name, r in d["regions"].items():
+                try:
+                    regions[name] = Region(
+                        name=name,
+                        station=r["station"],
+                        compartment=r["compartment"],
+                        side=r["side"],
+                        labels=tuple(int(x) for x in r["labels"]),
+                    )
+                except (KeyError, TypeError, ValueError) as e:
+                    raise SchemaError(
+                        f"dataset.json region {name!r} must have station, compartment, side and labels ({e})"
+                    ) from None
+            if level is None:
+                level = "compartment" if all(len(r.labels) == 1 for r in regions.values()) else "muscle"
+        else:
+            if all(n in labels for n in _compartment_labels()):
+                level = level or "compartment"
+            elif all(n in labels for n in _muscle_labels()):
+                level = level or "muscle"
+            else:
+                raise SchemaError(
+                    "dataset.json has custom 'labels' but no 'regions'; add 'regions' "
+                    "(name -> station, compartment, side, labels) so grades can be read per region"
+                )
+            regions = _default_regions_for(labels, level)
+        if level not in ("compartment", "muscle"):
+            raise SchemaError(f"dataset.json 'label_level' must be 'compartment' or 'muscle', not {level!r}")
+        return cls(labels=labels, regions=regions, level=level)
+
+
+def default_compartment_schema() -> LabelSchema:
+    """The compartment-level schema of DESIGN.md (values 0–15)."""
+    labels = _compartment_labels()
+    return LabelSchema(labels=labels, regions=_default_regions_for(labels, "compartment"), level="compartment")
+
+
+def default_muscle_schema() -> LabelSchema:
+    """The muscle-level schema (every muscle per side) with its roll-up to compartments."""
+    labels = _muscle_labels()
+    return LabelSchema(labels=labels, regions=_default_regions_for(labels, "muscle"), level="muscle")
