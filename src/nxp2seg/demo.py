@@ -1,0 +1,102 @@
+"""The main job on the built-in phantom cohort, end to end.
+
+``python -m nxp2seg.demo [out=DIR] [subjects=N] [preset=small] [seed=0]``
+
+1. generate the phantom cohort (skipped when ``DIR/cohort`` already holds one),
+2. verify it against the dataset contract,
+3. summarise it (cases, subjects, reader agreement, pattern counts) and draw
+   the phantom figure,
+
+and print where everything is. Training, prediction and evaluation join this
+job as they land (see README, "Status").
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "run_demo"]
+
+
+def run_demo(out: str | Path = "outputs/demo", subjects: int = 48, preset: str = "small", seed: int = 0) -> dict:
+    """Run the demo steps; returns paths and headline numbers."""
+    from rich.console import Console
+
+    from nxp2seg.data.cohort import Cohort
+    from nxp2seg.data.verify import verify_cohort
+    from nxp2seg.phantom import generate_cohort
+
+    console = Console()
+    out = Path(out)
+    cohort_dir = out / "cohort"
+    t0 = time.perf_counter()
+    if (cohort_dir / "dataset.json").exists():
+        console.print(f"[bold]1/3[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
+    else:
+        console.print(f"[bold]1/3[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
+        generate_cohort(cohort_dir, subjects=subjects, preset=preset, seed=seed, progress=True)
+    console.print("[bold]2/3[/bold] verifying the cohort against the dataset contract")
+    report = verify_cohort(cohort_dir)
+    if not report.ok:
+        console.print(report.to_dataframe().to_string())
+        raise SystemExit(f"verify found {len(report.errors)} errors in {cohort_dir}")
+    console.print(f"    cohort OK ({len(report.warnings)} warnings)")
+    console.print("[bold]3/3[/bold] summarising the cohort")
+    cohort = Cohort.open(cohort_dir)
+    summary = _summarise(cohort)
+    figure = out / "phantom_figure.png"
+    from nxp2seg.phantom.figure import phantom_figure
+
+    phantom_figure(cohort_dir, figure)
+    console.print(f"    cases {summary['n_cases']}, subjects {summary['n_subjects']}, "
+                  f"inter-reader quadratic kappa (edema) {summary['kappa_rater_vs_rater']:.3f}")
+    console.print(f"    thigh patterns (reader A): {summary['thigh_patterns']}")
+    console.print(f"[green]done in {time.perf_counter() - t0:.0f} s[/green]")
+    console.print(f"cohort:  {cohort_dir.resolve()}")
+    console.print(f"figure:  {figure.resolve()}")
+    return {"cohort": cohort_dir, "figure": figure, **summary}
+
+
+def _summarise(cohort) -> dict:
+    from sklearn.metrics import cohen_kappa_score
+
+    g = cohort.grades
+    raters = sorted(g["rater"].unique())
+    wide = g.pivot_table(index=["case_id", "region"], columns="rater", values="edema_grade")
+    kappa = float("nan")
+    if len(raters) >= 2:
+        pair = wide[[raters[0], raters[1]]].dropna()
+        kappa = float(cohen_kappa_score(pair[raters[0]].astype(int), pair[raters[1]].astype(int), weights="quadratic"))
+    p = cohort.patterns.merge(cohort.cases[["case_id", "station"]], on="case_id")
+    thigh = p[(p["station"] == "thigh") & (p["rater"] == raters[0])]["pattern"].value_counts().to_dict()
+    return {
+        "n_cases": int(len(cohort.cases)),
+        "n_subjects": int(cohort.cases["subject_id"].nunique()),
+        "kappa_rater_vs_rater": kappa,
+        "thigh_patterns": thigh,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nxp2seg.phantom.__main__ import parse_overrides
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    try:
+        opts = parse_overrides(argv)
+        unknown = set(opts) - {"out", "subjects", "preset", "seed"}
+        if unknown:
+            raise ValueError(f"unknown demo options {sorted(unknown)}; use out=, subjects=, preset=, seed=")
+    except ValueError as e:
+        print(f"nxp2seg.demo: {e}", file=sys.stderr)
+        return 2
+    run_demo(**opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Tissue contrast and disease: signal of T1 and STIR at world points.
+
+Signal is relative to normal muscle (= 1) before gain, noise and bias
+(PHANTOM.md, "Contrast"). Disease is placed per graded region from the true
+grades drawn by :mod:`nxp2seg.phantom.disease`:
+
+* **edema** inside muscle: one or more seeds; a voxel is edematous where its
+  (anisotropic, noise-perturbed) distance to a seed is below a threshold chosen
+  so that the requested fraction of the compartment is involved (focal 2–10%,
+  segmented 15–50%, global 75–100%). Signal is textured (smooth multiplicative
+  noise and feathery striations along a fascicle direction), with soft edges.
+* **fatty infiltration**: fat fraction highest at the compartment periphery,
+  streaky, scaled so the region's mean matches its true fraction.
+* **fascial edema**: a 2–4 mm band on the deep fascia over an arc of the region.
+* **subcutaneous edema**: a reticular network in the fat of the sector over the region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nxp2seg.phantom.anatomy import StationAnatomy, Tissue
+from nxp2seg.phantom.fields import SmoothField
+
+__all__ = ["Contrast", "sample_contrast", "RegionRender", "CaseRenderer"]
+
+
+@dataclass
+class Contrast:
+    """Per-case relative signal of each tissue class: index = :class:`Tissue` value."""
+
+    t1: np.ndarray  # (9,)
+    stir: np.ndarray  # (9,)
+    muscle_septum_t1: float
+    muscle_septum_stir: float
+
+
+def sample_contrast(rng: np.random.Generator) -> Contrast:
+    u = rng.uniform
+    t1 = np.zeros(9, np.float32)
+    st = np.zeros(9, np.float32)
+    t1[Tissue.SKIN], st[Tissue.SKIN] = u(1.1, 1.3), u(1.1, 1.4)
+    t1[Tissue.FAT], st[Tissue.FAT] = u(3.0, 3.4), u(0.15, 0.3)
+    t1[Tissue.FASCIA], st[Tissue.FASCIA] = u(1.6, 2.0), u(0.4, 0.6)
+    t1[Tissue.MUSCLE], st[Tissue.MUSCLE] = 1.0, 1.0
+    t1[Tissue.SEPTUM], st[Tissue.SEPTUM] = u(1.6, 2.0), u(0.4, 0.6)
+    t1[Tissue.CORTEX], st[Tissue.CORTEX] = u(0.05, 0.15), u(0.05, 0.15)
+    t1[Tissue.MARROW], st[Tissue.MARROW] = u(3.0, 3.4), u(0.15, 0.3)
+    t1[Tissue.VESSEL], st[Tissue.VESSEL] = u(0.4, 0.7), u(1.8, 2.6)
+    return Contrast(t1=t1, stir=st, muscle_septum_t1=u(1.3, 1.5), muscle_septum_stir=u(0.6, 0.75))
+
+
+@dataclass
+class RegionRender:
+    """How disease is drawn in one region (all in world mm)."""
+
+    seeds: np.ndarray  # (k, 3)
+    thresholds: np.ndarray  # (k,)
+    edema_t1: float
+    edema_stir: float
+    fascicle_dir: np.ndarray  # (2,) in-plane unit vector
+    fat_kappa: float
+    fat_lambda: float
+    fascial: tuple[float, float, float, float] | None  # theta_c, half_width, band_mm, stir
+    subcut: tuple[float, float, float, float] | None  # theta_c, half_width, t1, stir
+
+
+_Z_SCALE = 0.5  # edema extends along the limb: z distances count half
+
+
+def _arc(theta: np.ndarray, centre: float, half_width: float) -> np.ndarray:
+    return np.abs((theta - centre + np.pi) % (2 * np.pi) - np.pi) < half_width
+
+
+class CaseRenderer:
+    """Signal and truth of one case (one station of one subject) at world points.
+
+    Args:
+        anatomy: both legs at this station.
+        regions: the station's true region grades, in the station's region order
+            (right anterior.., left ..), objects with ``edema_fraction``,
+            ``n_foci``, ``edema_intensity``, ``fat_fraction``, ``fascial_edema``,
+            ``subcutaneous_edema``.
+        contrast: per-case tissue contrast.
+        box: (lo, hi) world corners covering every acquisition of the case.
+        probe: world points ``(3, N)`` of the T1 voxel centres, used to place
+            seeds and calibrate thresholds.
+        rng: random generator.
+    """
+
+    def __init__(self, anatomy: StationAnatomy, regions, contrast: Contrast, box, probe: np.ndarray, rng):
+        self.anatomy = anatomy
+        self.contrast = contrast
+        lo, hi = box
+        self.edema_noise = SmoothField(rng, lo, hi, (10.0, 10.0, 25.0))
+        self.texture = SmoothField(rng, lo, hi, (6.0, 6.0, 15.0))
+        self.feather_phase = SmoothField(rng, lo, hi, (14.0, 14.0, 30.0))
+        self.fat_streak = SmoothField(rng, lo, hi, (3.0, 9.0, 30.0))
+        self.reticular = SmoothField(rng, lo, hi, (5.0, 5.0, 12.0))
+        self.muscle_tex = SmoothField(rng, lo, hi, (8.0, 8.0, 20.0))
+        px, py, pz = probe
+        a = anatomy.evaluate(px, py, pz)
+        self.plan = [self._plan_region(r, spec, a, probe, rng) for r, spec in enumerate(regions)]
+
+    # -- planning -------------------------------------------------------------
+    def _edema_score(self, pts: np.ndarray, seed: np.ndarray) -> np.ndarray:
+        d = np.sqrt((pts[0] - seed[0]) ** 2 + (pts[1] - seed[1]) ** 2 + (_Z_SCALE * (pts[2] - seed[2])) ** 2)
+        return d * (1.0 + 0.35 * self.edema_noise(pts[0], pts[1], pts[2]))
+
+    def _fat_raw(self, pts: np.ndarray, boundary: np.ndarray, lam: float) -> np.ndarray:
+        streak = np.clip(0.6 + 0.7 * self.fat_streak(pts[0], pts[1], pts[2]), 0.05, 2.0)
+        return np.exp(-np.maximum(boundary, 0) / lam) * streak
+
+    def _plan_region(self, r: int, spec, a: dict, probe: np.ndarray, rng) -> RegionRender:
+        sel = (a["region"] == r) & (a["tissue"] == Tissue.MUSCLE)
+        pts = probe[:, sel]
+        n = pts.shape[1]
+        seeds = np.zeros((0, 3))
+        thr = np.zeros(0)
+        frac = float(spec.edema_fraction)
+        if frac > 0 and n > 0:
+            k = max(int(spec.n_foci), 1)
+            idx = rng.choice(n, size=k, replace=n < k)
+            seeds = pts[:, idx].T.copy()
+            thr = np.empty(k)
+            for j in range(k):
+                s = self._edema_score(pts, seeds[j])
+                thr[j] = np.inf if frac >= 0.999 else np.quantile(s, min(frac / k, 1.0))
+        if spec.edema_intensity == "moderate":
+            e_t1, e_st = rng.uniform(0.85, 0.95), rng.uniform(2.2, 3.2)
+        else:
+            e_t1, e_st = rng.uniform(0.9, 1.0), rng.uniform(1.4, 1.9)
+        ang = rng.uniform(0, np.pi)
+        fdir = np.array([np.cos(ang), np.sin(ang)])
+        F = float(spec.fat_fraction)
+        lam = 4.0 + 30.0 * F
+        kappa = 0.0
+        if F > 0 and n > 0:
+            raw = self._fat_raw(pts, a["boundary"][sel], lam)
+            lo_k, hi_k = 0.0, 1.0
+            while np.minimum(hi_k * raw, 0.95).mean() < F and hi_k < 1e4:
+                hi_k *= 2
+            for _ in range(40):
+                mid = 0.5 * (lo_k + hi_k)
+                if np.minimum(mid * raw, 0.95).mean() < F:
+                    lo_k = mid
+                else:
+                    hi_k = mid
+            kappa = 0.5 * (lo_k + hi_k)
+        fascial = None
+        if spec.fascial_edema:
+            near = (a["region"] == r) & (a["fascia_depth"] > 0) & (a["fascia_depth"] < 4)
+            th = a["theta"][near]
+            centre = float(th[rng.integers(len(th))]) if len(th) else 0.0
+            fascial = (centre, rng.uniform(0.5, 1.3), rng.uniform(2.0, 4.0), rng.uniform(2.0, 3.0))
+        subcut = None
+        if spec.subcutaneous_edema:
+            fat = (a["region"] == r) & (a["tissue"] == Tissue.FAT)
+            th = a["theta"][fat]
+            centre = float(th[rng.integers(len(th))]) if len(th) else 0.0
+            subcut = (centre, rng.uniform(0.6, 1.3), rng.uniform(2.0, 2.4), rng.uniform(1.6, 2.5))
+        return RegionRender(seeds, thr, e_t1, e_st, fdir, kappa, lam, fascial, subcut)
+
+    # -- rendering -------------------------------------------------------------
+    def render(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+        """Signal and truth at world points shaped ``(A, B, T)`` (in-plane axes first).
+
+        Returns float32 ``t1``, ``stir``, ``edema`` (0..1 soft mask), ``fat``
+        (fraction), and the anatomy's ``tissue``, ``region``, ``side``,
+        ``compartment``, ``muscle``.
+        """
+        a = self.anatomy.evaluate(x, y, z)
+        c = self.contrast
+        tissue = a["tissue"]
+        t1 = c.t1[tissue].astype(np.float32)
+        st = c.stir[tissue].astype(np.float32)
+        muscle = tissue == Tissue.MUSCLE
+        # thin septa between muscles of one compartment: where the muscle index changes
+        m = a["muscle"]
+        edge = np.zeros(m.shape, bool)
+        for ax in (0, 1):
+            dif = np.diff(m, axis=ax) != 0
+            sl = [slice(None)] * m.ndim
+            sl[ax] = slice(0, -1)
+            edge[tuple(sl)] |= dif
+        edge &= muscle & (a["compartment"] >= 0)
+        tex = 1.0 + 0.03 * self.muscle_tex(x[muscle], y[muscle], z[muscle])
+        t1[muscle] *= tex
+        st[muscle] *= tex
+        t1[edge] = c.muscle_septum_t1
+        st[edge] = c.muscle_septum_stir
+        edema = np.zeros(x.shape, np.float32)
+        fat = np.zeros(x.shape, np.float32)
+        region = a["region"]
+        for r, plan in enumerate(self.plan):
+            sel = (region == r) & muscle
+            if not sel.any():
+                continue
+            pts = np.stack([x[sel], y[sel], z[sel]])
+            if len(plan.seeds):
+                w = np.zeros(pts.shape[1], np.float32)
+                for seed, thr in zip(plan.seeds, plan.thresholds):
+                    if np.isinf(thr):
+                        w[:] = 1.0
+                        break
+                    s = self._edema_score(pts, seed)
+                    w = np.maximum(w, np.clip((thr - s) / (0.25 * thr) + 0.5, 0, 1))
+                along = pts[0] * plan.fascicle_dir[0] + pts[1] * plan.fascicle_dir[1]
+                feather = np.cos(2 * np.pi * along / 7.0 + 3.0 * self.feather_phase(*pts))
+                amp = np.clip(1.0 + 0.22 * self.texture(*pts) + 0.18 * feather, 0.45, 1.5)
+                edema[sel] = w
+                st[sel] = st[sel] + (plan.edema_stir - 1.0) * w * amp
+                t1[sel] = t1[sel] - (1.0 - plan.edema_t1) * w
+            if plan.fat_kappa > 0:
+                f = np.minimum(plan.fat_kappa * self._fat_raw(pts, a["boundary"][sel], plan.fat_lambda), 0.95)
+                fat[sel] = f
+                t1[sel] = (1 - f) * t1[sel] + f * 3.2
+                st[sel] = (1 - f) * st[sel] + f * 0.2
+            if plan.fascial is not None:
+                centre, hw, band, val = plan.fascial
+                fsel = (
+                    (region == r)
+                    & (a["fascia_depth"] > -0.5)
+                    & (a["fascia_depth"] < band)
+                    & ((tissue == Tissue.MUSCLE) | (tissue == Tissue.FASCIA) | (tissue == Tissue.SEPTUM))
+                )
+                fsel[fsel] = _arc(a["theta"][fsel], centre, hw)
+                wband = np.clip((band - a["fascia_depth"][fsel]) / 1.0, 0, 1)
+                st[fsel] = st[fsel] + (val - st[fsel]) * wband
+                t1[fsel] = t1[fsel] + (1.0 - t1[fsel]) * wband
+            if plan.subcut is not None:
+                centre, hw, v1, v2 = plan.subcut
+                ssel = (region == r) & (tissue == Tissue.FAT)
+                ssel[ssel] = _arc(a["theta"][ssel], centre, hw)
+                if ssel.any():
+                    net = np.abs(self.reticular(x[ssel], y[ssel], z[ssel]))
+                    wnet = np.clip((0.45 - net) / 0.2, 0, 1)
+                    t1[ssel] = t1[ssel] + (v1 - t1[ssel]) * wnet
+                    st[ssel] = st[ssel] + (v2 - st[ssel]) * wnet
+        out = {"t1": t1, "stir": st, "edema": edema, "fat": fat}
+        for k in ("tissue", "region", "side", "compartment", "muscle"):
+            out[k] = a[k]
+        return out
