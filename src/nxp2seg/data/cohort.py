@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ GRADE_COLUMNS = [
     "subcutaneous_edema",
 ]
 PATTERN_COLUMNS = ["case_id", "rater", "pattern"]
+#: pandas' default missing-value markers, read as missing outside the id columns.
+_NA_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+               "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 _ID_COLUMNS = {"case_id": str, "subject_id": str, "rater": str, "region": str, "station": str, "split": str, "pattern": str}
 
 
@@ -122,7 +125,10 @@ class DatasetDescription:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DatasetDescription":
-        channel_names = {str(k): str(v) for k, v in d.get("channel_names", CHANNELS).items()}
+        raw_channels = d.get("channel_names", CHANNELS)
+        if not isinstance(raw_channels, Mapping):
+            raise SchemaError(f"dataset.json channel_names must be an object like {CHANNELS}, not {raw_channels!r}")
+        channel_names = {str(k): str(v) for k, v in raw_channels.items()}
         if channel_names != CHANNELS:
             raise SchemaError(
                 f"dataset.json channel_names is {channel_names}; nxp2seg reads {CHANNELS} "
@@ -131,13 +137,25 @@ class DatasetDescription:
         file_ending = d.get("file_ending", ".nii.gz")
         if file_ending not in (".nii.gz", ".nii"):
             raise SchemaError(f"dataset.json file_ending {file_ending!r}: use '.nii.gz' or '.nii'")
+        if "regions" in d and not isinstance(d["regions"], Mapping):
+            raise SchemaError("dataset.json 'regions' must be an object {name: {station, compartment, side, labels}}")
         raters = d.get("raters")
+        if raters is not None and (
+            not isinstance(raters, list) or not all(isinstance(r, (str, int)) and str(r).strip() for r in raters)
+        ):
+            raise SchemaError(f"dataset.json raters must be a list of rater ids like [\"R1\", \"R2\"], not {raters!r}")
+        grade_scale = d.get("grade_scale", "beltrame6")
+        if not isinstance(grade_scale, str):
+            raise SchemaError(f"dataset.json grade_scale must be a scale name like \"beltrame6\", not {grade_scale!r}")
+        num_training = d.get("numTraining", 0)
+        if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+            raise SchemaError(f"dataset.json numTraining must be a whole number of cases, not {num_training!r}")
         return cls(
             schema=LabelSchema.from_dataset_json(d),
-            grade_scale=get_grade_scale(d.get("grade_scale", "beltrame6")),
+            grade_scale=get_grade_scale(grade_scale),
             channel_names=channel_names,
-            raters=[str(r) for r in raters] if raters is not None else None,
-            num_training=int(d.get("numTraining", 0)),
+            raters=[str(r).strip() for r in raters] if raters is not None else None,
+            num_training=num_training,
             file_ending=file_ending,
             name=str(d.get("name", "nxp2seg cohort")),
             description=str(d.get("description", "")),
@@ -151,8 +169,10 @@ class DatasetDescription:
             d = json.loads(path.read_text())
         except FileNotFoundError:
             raise CohortError(f"{path}: no dataset.json; a cohort folder needs one (see docs/dataset.md)") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CohortError(f"{path}: not valid JSON ({e}); fix the file") from None
+        except OSError as e:
+            raise CohortError(f"{path}: cannot be read ({e.strerror or e}); check that it is a readable file") from None
         if not isinstance(d, dict):
             raise CohortError(f"{path}: dataset.json must hold a JSON object")
         return cls.from_dict(d)
@@ -162,15 +182,23 @@ class DatasetDescription:
 
 
 def read_table(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
-    """Read a contract CSV with id columns as strings and blanks as missing."""
-    df = pd.read_csv(path, dtype={k: v for k, v in _ID_COLUMNS.items()}, keep_default_na=True)
+    """Read a contract CSV with id columns as strings and blanks as missing.
+
+    In id columns (case_id, subject_id, rater, region, station, split, pattern)
+    only a blank cell is missing, so a rater called ``NA`` stays ``"NA"``; other
+    columns read pandas' usual missing markers (``NA``, ``NaN``, ``null``, ...).
+    """
+    header = pd.read_csv(path, nrows=0).columns
+    na_values = {c: ([""] if c in _ID_COLUMNS else list(_NA_MARKERS)) for c in header}
+    df = pd.read_csv(path, dtype=dict(_ID_COLUMNS), keep_default_na=False, na_values=na_values)
     for c in df.columns:
         if c in _ID_COLUMNS:
-            df[c] = df[c].astype("string").str.strip().astype(object).where(df[c].notna(), None)
+            stripped = df[c].astype("string").str.strip()
+            df[c] = stripped.astype(object).where(stripped.notna() & (stripped != ""), None)
     if columns is not None:
         for c in columns:
             if c not in df.columns:
-                df[c] = pd.NA
+                df[c] = None if c in _ID_COLUMNS else pd.NA
     return df
 
 

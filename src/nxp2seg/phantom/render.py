@@ -97,7 +97,7 @@ class CaseRenderer:
         self.edema_noise = SmoothField(rng, lo, hi, (10.0, 10.0, 25.0))
         self.texture = SmoothField(rng, lo, hi, (6.0, 6.0, 15.0))
         self.feather_phase = SmoothField(rng, lo, hi, (14.0, 14.0, 30.0))
-        self.fat_streak = SmoothField(rng, lo, hi, (3.0, 9.0, 30.0))
+        self.fat_streak = SmoothField(rng, lo, hi, (3.5, 6.0, 30.0))
         self.reticular = SmoothField(rng, lo, hi, (5.0, 5.0, 12.0))
         self.muscle_tex = SmoothField(rng, lo, hi, (8.0, 8.0, 20.0))
         px, py, pz = probe
@@ -208,8 +208,8 @@ class CaseRenderer:
                     s = self._edema_score(pts, seed)
                     w = np.maximum(w, np.clip((thr - s) / (0.25 * thr) + 0.5, 0, 1))
                 along = pts[0] * plan.fascicle_dir[0] + pts[1] * plan.fascicle_dir[1]
-                feather = np.cos(2 * np.pi * along / 7.0 + 3.0 * self.feather_phase(*pts))
-                amp = np.clip(1.0 + 0.22 * self.texture(*pts) + 0.18 * feather, 0.45, 1.5)
+                feather = np.cos(2 * np.pi * along / 8.0 + 6.0 * self.feather_phase(*pts))
+                amp = np.clip(1.0 + 0.25 * self.texture(*pts) + 0.12 * feather, 0.45, 1.5)
                 edema[sel] = w
                 st[sel] = st[sel] + (plan.edema_stir - 1.0) * w * amp
                 t1[sel] = t1[sel] - (1.0 - plan.edema_t1) * w
