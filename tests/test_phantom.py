@@ -231,3 +231,16 @@ def test_overrides_parse_to_nested_config():
     assert cfg.acquisition.snr == (8.0, 15.0)
     assert cfg.acquisition.matrix == (48, 32)
     assert cfg.seed == 4
+
+
+def test_nested_dict_overrides_merge():
+    base = make_config({})
+    key = next(iter(base.disease.involvement))
+    inner = base.disease.involvement[key]
+    sub = next(iter(inner)) if isinstance(inner, dict) else None
+    if sub is None:
+        pytest.skip("involvement is not nested")
+    cfg = make_config({"disease": {"involvement": {key: {sub: 0.5}}}})
+    assert cfg.disease.involvement[key][sub] == 0.5
+    assert set(cfg.disease.involvement) == set(base.disease.involvement)
+    assert set(cfg.disease.involvement[key]) == set(inner)

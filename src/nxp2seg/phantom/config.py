@@ -92,6 +92,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _coerce(value: Any, current: Any) -> Any:
+    if isinstance(current, dict) and isinstance(value, dict):  # merge, keep keys not overridden
+        merged = dict(current)
+        for k, v in value.items():
+            merged[k] = _coerce(v, current[k]) if k in current else v
+        return merged
     if isinstance(current, tuple) and isinstance(value, (list, tuple)):
         return tuple(_coerce(v, c) for v, c in zip(value, current)) if len(value) == len(current) else tuple(value)
     if isinstance(current, bool):

@@ -12,22 +12,24 @@ the pair (focal 1; segmented 2/4; global 3/5). Per region and reader:
   probability, clipped to the classes;
 * with ``intensity_error`` the intensity flips; mild -> moderate is scaled
   by ``2 upgrade`` and moderate -> mild by ``2 (1 - upgrade)``, so reader B
-  (``upgrade`` 0.6) calls moderate a little more often.
+  (``upgrade`` 0.65, A 0.55) calls moderate a little more often.
 
 Why by attribute: on ``beltrame6`` an intensity disagreement alone is two
-grades (2 vs 4, 3 vs 5), so two-grade disagreements are common. With this
-cohort's spread of true grades (variance ~3.5), independent errors of the
-size "75% exact, 22% off by one, 3% off by two" give an inter-reader
-quadratic kappa of ~0.93, not the ~0.80 the spec asks for; no independent
-error model with 75% exact and errors of at most two grades reaches 0.80
-without most errors being two grades. The defaults are calibrated by Monte
-Carlo (20,000 subjects) to a pooled quadratic kappa of ~0.80 with ~75% of
-reads exactly equal to the truth (about 12% off by one, 11% off by two, 3% by three).
+grades (2 vs 4, 3 vs 5), so two-grade disagreements are common. The spec's
+"75% exact, 22% off by one, 3% off by two" and its inter-reader quadratic
+kappa of ~0.80 cannot both hold: with this cohort's spread of true grades
+(variance ~3.5), independent errors of that size give a kappa of ~0.93, and
+with 75% exact reads the kappa stays above 0.81 even when every error is two
+grades. The kappa is the target kept. Calibrated by Monte Carlo (20,000
+subjects): pooled quadratic kappa 0.80 (48 subjects: SD 0.018), reads equal
+to the truth 73% (A) and 74% (B), off by one 11%, by two 13%, by three 3%;
+reader B reads 0.1 grade higher than A on average. On ``extent4`` the kappa
+is ~0.91 (no intensity to disagree on); for fat grades ~0.90.
 
 On ``extent4`` the reader judges the extent class only (the true class comes
 from the edema fraction), with the same detection and extent errors.
-Fat grades (0..4) use a numeric error model: ``fat_error_probs`` =
-(exact, off by one, off by two) for infiltrated regions, ``fat_absent_called_present``
+Fat grades (0..4) use a numeric error model: ``fat_error_probs`` = (exact,
+off by one, off by two) for infiltrated regions, ``fat_absent_called_present``
 otherwise, clipped to the scale. Flags flip with ``flag_flip``. Each reader's
 pattern is :func:`~nxp2seg.phantom.disease.pattern_rule` of their own grades,
 moved to an adjacent category (none - patchy - mixed - diffuse) with
@@ -67,7 +69,7 @@ class ReaderConfig:
         intensity_error: probability that mild/moderate is read the other way
             (for a rater with ``upgrade`` 0.5; see the module docstring).
         absent_called_present: probability of calling focal edema where there is none.
-        upgrade: per rater, probability that an error goes up (default 0.5).
+        upgrade: per rater, probability that an error goes up (0.5 for raters not listed).
         fat_error_probs: (exact, off by one, off by two) for fat grades above 0.
         fat_absent_called_present: probability of calling traces of fat where there is none.
         flag_flip: probability that a fascial or subcutaneous flag is read wrong.
@@ -76,9 +78,9 @@ class ReaderConfig:
 
     raters: tuple[str, ...] = ("A", "B")
     extent_error: float = 0.25
-    intensity_error: float = 0.26
+    intensity_error: float = 0.29
     absent_called_present: float = 0.02
-    upgrade: dict[str, float] = field(default_factory=lambda: {"A": 0.5, "B": 0.6})
+    upgrade: dict[str, float] = field(default_factory=lambda: {"A": 0.55, "B": 0.65})
     fat_error_probs: tuple[float, float, float] = (0.75, 0.22, 0.03)
     fat_absent_called_present: float = 0.04
     flag_flip: float = 0.08
@@ -105,7 +107,8 @@ def _read_edema(true: np.ndarray, ext4: np.ndarray, scale_name: str, up: float,
     cls = _read_extent(_EXTENT[true], 3, up, cfg, rng)
     mod = _MODERATE[true]
     u = rng.random(true.size)
-    flip = np.where(mod == 0, u < cfg.intensity_error * 2 * up, u < cfg.intensity_error * 2 * (1 - up))
+    p_flip = np.where(mod == 0, 2 * up, 2 * (1 - up)) * cfg.intensity_error
+    flip = u < p_flip
     # a focal region read as segmented keeps the true region's intensity (mild for focal)
     return _TO_GRADE[cls, np.where(flip, 1 - mod, mod)]
 
@@ -156,7 +159,7 @@ def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig 
     true = np.array([r.edema_grade for r in regions], dtype=int)
     ext4 = np.array([r.edema_grade_extent4 for r in regions], dtype=int)
     fat = np.array([r.fat_grade for r in regions], dtype=int)
-    flags = np.array([[r.fascial_edema, r.subcutaneous_edema] for r in regions], dtype=bool).reshape(-1, 2)
+    flags = np.array([[r.fascial_edema, r.subcutaneous_edema] for r in regions], dtype=bool)
     case_ids = np.repeat([st.case_id for st in cases], n_r)
     names = [r.region for r in regions]
     streams = np.random.SeedSequence([seed, _STREAM]).spawn(len(cfg.raters))
@@ -180,6 +183,7 @@ def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig 
     patterns = pd.concat(pattern_tabs, ignore_index=True)
     # by case, then rater (in cfg order), then region: stable sort on the case position
     case_pos = {c: i for i, c in enumerate(st.case_id for st in cases)}
-    grades = grades.iloc[np.argsort(grades["case_id"].map(case_pos).to_numpy(), kind="stable")]
-    patterns = patterns.iloc[np.argsort(patterns["case_id"].map(case_pos).to_numpy(), kind="stable")]
-    return grades[GRADE_COLUMNS].reset_index(drop=True), patterns[PATTERN_COLUMNS].reset_index(drop=True)
+    grades = grades.iloc[np.argsort(grades.case_id.map(case_pos).to_numpy(), kind="stable")]
+    patterns = patterns.iloc[np.argsort(patterns.case_id.map(case_pos).to_numpy(), kind="stable")]
+    return (grades[GRADE_COLUMNS].reset_index(drop=True),
+            patterns[PATTERN_COLUMNS].reset_index(drop=True))
