@@ -244,3 +244,32 @@ def test_nested_dict_overrides_merge():
     assert cfg.disease.involvement[key][sub] == 0.5
     assert set(cfg.disease.involvement) == set(base.disease.involvement)
     assert set(cfg.disease.involvement[key]) == set(inner)
+
+
+@pytest.mark.slow
+def test_small_48_subject_cohort_matches_the_study(tmp_path):
+    """The default demo cohort, as written to disk: verify, reader kappa, scores, clinical signs."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    root = generate_cohort(tmp_path / "c48", subjects=48, preset="small", seed=0)
+    report = verify_cohort(root)
+    assert report.ok, report.to_dataframe().to_string()
+    cohort = Cohort.open(root)
+    wide = cohort.grades.pivot_table(index=["case_id", "region"], columns="rater", values="edema_grade")
+    kappa = cohen_kappa_score(wide["A"].astype(int), wide["B"].astype(int), weights="quadratic")
+    assert 0.75 <= kappa <= 0.85
+    truth = pd.read_csv(root / "truth" / "patterns.csv")
+    thigh = truth[truth["station"] == "thigh"]
+    spec = {"patchy": (6.9, 4.9), "mixed": (17.9, 5.0), "diffuse": (24.6, 2.2)}
+    for pattern, (mean, sd) in spec.items():
+        scores = thigh.loc[thigh["pattern"] == pattern, "station_score"]
+        assert len(scores) >= 5
+        assert abs(scores.mean() - mean) <= sd, pattern
+    subjects = pd.read_csv(root / "truth" / "subjects.csv", dtype={"subject_id": str})
+    clinical = cohort.clinical.merge(subjects[["subject_id", "total_score"]], on="subject_id")
+    signs = {"age": -1, "vas": 1, "mmt8": -1, "ck": 1, "ldh": 1, "ast": 1, "ferritin": 1, "d_dimer": 1,
+             "nse": 1, "platelets": -1, "albumin": -1, "nk_cells": -1, "dysphagia": 1, "ild": 1}
+    for col, sign in signs.items():
+        rho = spearmanr(clinical[col].astype(float), clinical["total_score"]).statistic
+        assert np.sign(rho) == sign, (col, rho)
