@@ -32,14 +32,14 @@ SPACING = (2.0, 2.0, 5.0)
 
 
 def tiny_affine(spacing=SPACING, origin=(-12.0, -10.0, 0.0)) -> np.ndarray:
-    """RAS affine: +x = patient's left, so low i is the patient's right."""
+    """RAS+ affine: i runs towards +x, the patient's right; low i is the patient's left."""
     a = np.diag([*spacing, 1.0])
     a[:3, 3] = origin
     return a
 
 
 def tiny_label(station: str, schema: LabelSchema, shape=SHAPE) -> np.ndarray:
-    """Label map of one station: right leg in the low-x half, left in the high-x half.
+    """Label map of one station: left leg in the low-x half, right in the high-x half (RAS+).
 
     Each compartment is a band along y; a muscle-level schema cycles its member
     muscles along z. Row y=0 is subcutaneous tissue, voxel (centre, 1, 0) bone.
@@ -47,7 +47,7 @@ def tiny_label(station: str, schema: LabelSchema, shape=SHAPE) -> np.ndarray:
     lab = np.zeros(shape, dtype=np.uint8)
     nx, ny, nz = shape
     half = nx // 2
-    for side, xs in (("right", slice(1, half)), ("left", slice(half, nx - 1))):
+    for side, xs in (("left", slice(1, half)), ("right", slice(half, nx - 1))):
         regions = [r for r in schema.regions.values() if r.station == station and r.side == side]
         band = (ny - 2) // len(regions)
         for k, r in enumerate(regions):

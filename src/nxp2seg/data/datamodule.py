@@ -1,0 +1,394 @@
+"""Lightning data module over a cohort in the dataset contract.
+
+* Which cohort: ``cohort=DIR``, or (``cohort=None``) the built-in phantom,
+  generated once into a cache folder by :meth:`CohortDataModule.prepare_data`.
+* Which cases: cases whose ``split`` is ``test`` are held out (their subjects
+  entirely); the rest is split into train and validation **by subject**, never
+  by case, with a seed (or by ``split=val`` rows where ``cases.csv`` has them).
+  Cases without a label map are left out of segmentation training.
+* What a batch holds: ``image`` ``(B, 2, X, Y, Z)`` float32 (T1, STIR),
+  ``label`` ``(B, 1, X, Y, Z)`` float32 label values, ``allowed_labels``
+  ``(B, num_classes)`` bool (the label values the case's station may hold: a
+  thigh case never gets a calf label), and the lists ``case_id``,
+  ``subject_id``, ``station``. Training batches hold ``batch_size *
+  num_samples`` patches; validation and test batches one whole volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+
+from nxp2seg.data.cohort import Cohort
+from nxp2seg.data.preprocessing import (
+    PlanOptions,
+    Preprocessing,
+    fingerprint_cohort,
+    plan_preprocessing,
+)
+from nxp2seg.data.schema import STATIONS, LabelSchema
+
+__all__ = [
+    "CohortDataModule",
+    "split_by_subject",
+    "phantom_cohort_dir",
+    "HOLDOUT_SPLITS",
+    "VAL_SPLITS",
+]
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_SPLITS: tuple[str, ...] = ("test",)
+VAL_SPLITS: tuple[str, ...] = ("val", "validation")
+
+
+def split_by_subject(
+    cases: pd.DataFrame,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    holdout: Sequence[str] = HOLDOUT_SPLITS,
+) -> dict[str, list[str]]:
+    """Assign every case to ``train``, ``val`` or ``test``, keeping each subject in one split.
+
+    Args:
+        cases: the ``cases.csv`` table (``case_id``, ``subject_id``, ``split`` optional).
+        val_fraction: share of the non-test subjects drawn for validation (at
+            least one subject when there are two or more).
+        seed: seed of the draw.
+        holdout: ``split`` values that mark test cases; a subject with any such
+            case is a test subject, all its cases held out.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` case ids in table order.
+        When ``split`` names validation cases (``val``), their subjects form the
+        validation set and nothing is drawn.
+    """
+    split = (
+        cases["split"] if "split" in cases else pd.Series([None] * len(cases), index=cases.index)
+    )
+    split = (
+        split.astype(object)
+        .where(split.notna(), None)
+        .map(lambda s: None if s is None else str(s).strip().lower())
+    )
+    subjects = cases["subject_id"].astype(str)
+    test_subjects = set(subjects[split.isin([h.lower() for h in holdout])])
+    marked_val = set(subjects[split.isin(VAL_SPLITS)]) - test_subjects
+    rest = sorted(set(subjects) - test_subjects)
+    if marked_val:
+        val_subjects = marked_val
+    else:
+        n_val = 0
+        if len(rest) >= 2 and val_fraction > 0:
+            n_val = min(len(rest) - 1, max(1, int(round(val_fraction * len(rest)))))
+        order = np.random.default_rng(seed).permutation(len(rest))
+        val_subjects = {rest[i] for i in order[:n_val]}
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for cid, sid in zip(cases["case_id"].astype(str), subjects):
+        key = "test" if sid in test_subjects else "val" if sid in val_subjects else "train"
+        out[key].append(cid)
+    return out
+
+
+def phantom_cohort_dir(cache_dir: str | os.PathLike, preset: str, subjects: int, seed: int) -> Path:
+    """Folder of the cached phantom cohort, e.g. ``~/.cache/nxp2seg/phantom-small-n48-seed0``."""
+    return (
+        Path(os.path.expanduser(str(cache_dir)))
+        / f"phantom-{preset}-n{int(subjects)}-seed{int(seed)}"
+    )
+
+
+def _plain(x: Any) -> Any:
+    """DictConfig/ListConfig -> dict/list (Hydra passes config nodes unless told otherwise)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(x):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return x
+
+
+class CohortDataModule(pl.LightningDataModule):
+    """Train/val/test data of one cohort for the segmenter.
+
+    Args:
+        cohort: cohort folder; ``None`` uses the phantom described by ``phantom``.
+        phantom: ``{preset, subjects, seed, cache_dir}`` of the built-in phantom
+            cohort (used when ``cohort`` is ``None``).
+        split: ``{val_fraction, seed, holdout}``, see :func:`split_by_subject`.
+        preprocessing: the ``data.preprocessing`` block
+            (:class:`~nxp2seg.data.preprocessing.PlanOptions`); or pass a planned
+            :class:`Preprocessing` to reuse one (e.g. from a bundle).
+        sampling: :class:`~nxp2seg.data.transforms.Sampling` block.
+        augmentation: :class:`~nxp2seg.data.transforms.Augmentation` block.
+        loader: ``{batch_size, num_workers, cache_rate, cache_num_workers,
+            pin_memory, verify, verify_images}``.
+    """
+
+    def __init__(
+        self,
+        cohort: str | os.PathLike | None = None,
+        phantom: Mapping[str, Any] | None = None,
+        split: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | Preprocessing | None = None,
+        sampling: Mapping[str, Any] | None = None,
+        augmentation: Mapping[str, Any] | None = None,
+        loader: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        from nxp2seg.data.transforms import Augmentation, Sampling
+
+        self.phantom = dict(_plain(phantom) or {}) if cohort is None else None
+        if cohort is None and not self.phantom:
+            raise ValueError(
+                "give data.cohort=DIR (a cohort folder) or a data.phantom block (use data=phantom)"
+            )
+        if cohort is not None:
+            self.cohort_dir = Path(os.path.expanduser(str(cohort)))
+        else:
+            p = self.phantom
+            self.cohort_dir = phantom_cohort_dir(
+                p.get("cache_dir", "~/.cache/nxp2seg"),
+                p.get("preset", "small"),
+                p.get("subjects", 48),
+                p.get("seed", 0),
+            )
+        self.split_cfg = {
+            "val_fraction": 0.2,
+            "seed": 0,
+            "holdout": list(HOLDOUT_SPLITS),
+            **dict(_plain(split) or {}),
+        }
+        preprocessing = _plain(preprocessing)
+        self._fixed_prep = preprocessing if isinstance(preprocessing, Preprocessing) else None
+        self.plan_options = PlanOptions.from_mapping(None if self._fixed_prep else preprocessing)
+        self.sampling = Sampling.from_mapping(_plain(sampling))
+        self.augmentation = Augmentation.from_mapping(_plain(augmentation))
+        self.loader = {
+            "batch_size": 2,
+            "num_workers": 0,
+            "cache_rate": 1.0,
+            "cache_num_workers": 1,
+            "pin_memory": False,
+            "verify": True,
+            "verify_images": True,
+            **dict(_plain(loader) or {}),
+        }
+        self.cohort: Cohort | None = None
+        self.preprocessing: Preprocessing | None = None
+        self.splits: dict[str, list[str]] = {}
+        self.excluded: dict[str, list[str]] = {}
+        self._datasets: dict[str, Any] = {}
+
+    # -- cohort ----------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the phantom cohort into its cache folder if it is not there (rank 0 only)."""
+        if self.phantom is None or (self.cohort_dir / "dataset.json").exists():
+            return
+        from nxp2seg.phantom import generate_cohort
+
+        p = self.phantom
+        out = self.cohort_dir
+        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(
+            f"nxp2seg: generating the phantom cohort ({p.get('preset', 'small')}, {p.get('subjects', 48)} subjects) in {out}"
+        )
+        try:
+            generate_cohort(
+                tmp,
+                subjects=int(p.get("subjects", 48)),
+                preset=str(p.get("preset", "small")),
+                seed=int(p.get("seed", 0)),
+                progress=True,
+                **dict(p.get("overrides") or {}),
+            )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, out)  # atomic: a cohort folder is complete or absent
+        except OSError:
+            if not (out / "dataset.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+
+    def _open(self) -> Cohort:
+        if self.cohort is None:
+            if self.loader["verify"]:
+                from nxp2seg.data.verify import verify_cohort
+
+                verify_cohort(
+                    self.cohort_dir, check_images=bool(self.loader["verify_images"])
+                ).raise_if_errors()
+            self.cohort = Cohort.open(self.cohort_dir)
+        return self.cohort
+
+    @property
+    def schema(self) -> LabelSchema:
+        return self._open().dataset.schema
+
+    @property
+    def num_classes(self) -> int:
+        """Network output channels: one per label value ``0..max_label``."""
+        return self.schema.max_label + 1
+
+    @property
+    def in_channels(self) -> int:
+        return 2
+
+    def region_labels(self) -> dict[str, list[int]]:
+        """Regions scored in validation: the graded regions, then subcutaneous tissue and bone."""
+        schema = self.schema
+        out = {name: list(r.labels) for name, r in schema.regions.items()}
+        for name in ("subcutaneous_right", "subcutaneous_left", "bone"):
+            if name in schema.labels:
+                out[name] = [schema.labels[name]]
+        return out
+
+    def allowed_labels(self, station: str) -> np.ndarray:
+        """Bool ``(num_classes,)``: label values a case of ``station`` may hold."""
+        mask = np.zeros(self.num_classes, dtype=bool)
+        mask[sorted(self.schema.station_labels(station))] = True
+        return mask
+
+    # -- setup -------------------------------------------------------------------
+    def _plan(self) -> None:
+        if self.preprocessing is not None:
+            return
+        cohort = self._open()
+        cases = cohort.cases
+        bad = sorted(set(cases["station"].dropna().astype(str)) - set(STATIONS)) + (
+            ["(blank)"] if cases["station"].isna().any() else []
+        )
+        if bad:
+            raise ValueError(
+                f"{cohort.root / 'cases.csv'}: station must be one of {STATIONS}; found {bad}"
+            )
+        self.splits = split_by_subject(
+            cases,
+            float(self.split_cfg["val_fraction"]),
+            int(self.split_cfg["seed"]),
+            tuple(self.split_cfg["holdout"]),
+        )
+        unlabelled = {c for c in cohort.case_ids if not cohort.has_label(c)}
+        self.excluded = {"no_label": sorted(unlabelled)}
+        self.splits = {k: [c for c in v if c not in unlabelled] for k, v in self.splits.items()}
+        if not self.splits["train"]:
+            raise ValueError(
+                f"{cohort.root}: no labelled training case outside the test split; add label maps to labelsTr/"
+            )
+        if not self.splits["val"]:
+            raise ValueError(
+                f"{cohort.root}: no validation subject; the segmenter needs at least two labelled training "
+                "subjects (or split=val rows in cases.csv)"
+            )
+        if unlabelled:
+            log.info(
+                "%d cases have no label map and are left out of segmentation training",
+                len(unlabelled),
+            )
+        if self._fixed_prep is not None:
+            self.preprocessing = self._fixed_prep
+        else:
+            fp = fingerprint_cohort(cohort, self.splits["train"], self.plan_options.orientation)
+            self.preprocessing = plan_preprocessing(fp, self.plan_options)
+
+    def _items(self, case_ids: Sequence[str]) -> list[dict[str, Any]]:
+        cohort = self._open()
+        table = cohort.cases.set_index(cohort.cases["case_id"].astype(str))
+        items = []
+        for cid in case_ids:
+            station = str(table.at[cid, "station"])
+            items.append(
+                {
+                    "t1": str(cohort.t1_path(cid)),
+                    "stir": str(cohort.stir_path(cid)),
+                    "label": str(cohort.label_path(cid)),
+                    "case_id": cid,
+                    "subject_id": str(table.at[cid, "subject_id"]),
+                    "station": station,
+                    "allowed_labels": self.allowed_labels(station),
+                }
+            )
+        return items
+
+    def _dataset(self, stage: str) -> Any:
+        if stage not in self._datasets:
+            from monai.data import CacheDataset
+
+            from nxp2seg.data.transforms import eval_transforms, train_transforms
+
+            assert self.preprocessing is not None
+            if stage == "train":
+                tf = train_transforms(
+                    self.preprocessing, self.schema, self.augmentation, self.sampling
+                )
+            else:
+                tf = eval_transforms(self.preprocessing)
+            self._datasets[stage] = CacheDataset(
+                self._items(self.splits[stage]),
+                transform=tf,
+                cache_rate=float(self.loader["cache_rate"]),
+                num_workers=int(self.loader["cache_num_workers"]),
+                progress=False,
+            )
+        return self._datasets[stage]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cohort, split it and plan preprocessing (idempotent; datasets are built lazily)."""
+        self._plan()
+
+    # -- loaders -----------------------------------------------------------------
+    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> Any:
+        from monai.data import DataLoader
+
+        workers = int(self.loader["num_workers"])
+        return DataLoader(
+            self._dataset(stage),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=bool(self.loader["pin_memory"]),
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", int(self.loader["batch_size"]), shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", 1, shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", 1, shuffle=False)
+
+    def has_test_cases(self) -> bool:
+        self._plan()
+        return bool(self.splits.get("test"))
+
+    def describe(self) -> dict[str, Any]:
+        """Plain summary for logs and the bundle: cohort, case counts, subjects per split."""
+        self._plan()
+        cohort = self._open()
+        subj = dict(
+            zip(cohort.cases["case_id"].astype(str), cohort.cases["subject_id"].astype(str))
+        )
+        return {
+            "cohort": str(self.cohort_dir),
+            "phantom": self.phantom,
+            "n_cases": {k: len(v) for k, v in self.splits.items()},
+            "n_subjects": {k: len({subj[c] for c in v}) for k, v in self.splits.items()},
+            "excluded": {k: len(v) for k, v in self.excluded.items()},
+            "split": dict(self.split_cfg),
+        }

@@ -1,0 +1,281 @@
+"""The segmentation LightningModule: forward, loss, sliding-window evaluation, metrics.
+
+Thin by design: the network, the loss, the optimizer and the scheduler are
+injected (from config); no file I/O, no grading rules. Later heads (grading)
+extend :meth:`Segmenter.forward`'s output dict and the loss.
+
+Station masking: every batch carries ``allowed_labels`` ``(B, C)``, the label
+values the case's station may hold (from ``cases.csv``). Logits of the other
+values are pushed to :data:`MASKED_LOGIT` before softmax and argmax, in training
+and inference alike, so a thigh case can never be labelled as calf or the reverse.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+__all__ = ["Segmenter", "MASKED_LOGIT", "mask_logits"]
+
+#: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
+MASKED_LOGIT = -1.0e4
+
+
+def mask_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Set logits of disallowed labels to :data:`MASKED_LOGIT`.
+
+    Args:
+        logits: ``(B, C, X, Y, Z)``.
+        allowed: ``(B, C)`` bool, or ``None`` (no masking).
+    """
+    if allowed is None:
+        return logits
+    keep = allowed.to(device=logits.device, dtype=torch.bool).reshape(
+        *allowed.shape, *([1] * (logits.ndim - 2))
+    )
+    return logits.masked_fill(~keep, MASKED_LOGIT)
+
+
+def _plain(x: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(x):
+            return OmegaConf.to_container(x, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, torch.Tensor):  # numpy scalars
+        return x.item()
+    return x
+
+
+class Segmenter(pl.LightningModule):
+    """Segment T1 + STIR volumes into the label schema's values.
+
+    Args:
+        net: ``(B, in_channels, X, Y, Z) -> (B, num_classes, X, Y, Z)`` logits (a
+            DynUNet with deep supervision may return ``(B, 1 + k, C, X, Y, Z)`` in training).
+        loss: ``loss(logits, label)`` with ``label`` ``(B, 1, X, Y, Z)`` values, e.g.
+            ``monai.losses.DiceCELoss(to_onehot_y=True, softmax=True)``.
+        optimizer: ``optimizer(params=...) -> Optimizer`` (a partial from config).
+        scheduler: ``scheduler(optimizer=...) -> LRScheduler`` or ``None``.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        region_labels: ``{region: [label values]}`` scored in validation and test.
+        mean_regions: regions averaged into ``dice_mean`` (default: all of ``region_labels``).
+        patch_size: sliding-window size (voxels) = training patch size.
+        spacing: voxel size in mm of the volumes the metrics see (for HD95 in mm).
+        inference: ``{sw_batch_size, overlap, mode}`` of ``sliding_window_inference``.
+        hd_percentile: percentile of the Hausdorff distance (95), ``None`` skips it.
+        deep_supervision_decay: weight ratio of successive deep-supervision heads.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        region_labels: Mapping[str, Sequence[int]] | None = None,
+        mean_regions: Sequence[str] | None = None,
+        patch_size: Sequence[int] = (64, 64, 16),
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        inference: Mapping[str, Any] | None = None,
+        hd_percentile: float | None = 95.0,
+        deep_supervision_decay: float = 0.5,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        # only plain values go into checkpoints (so they load with weights_only=True)
+        for k in list(self.hparams):
+            self.hparams[k] = _plain(self.hparams[k])
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.region_labels = {
+            str(k): [int(v) for v in vals] for k, vals in dict(_plain(region_labels) or {}).items()
+        }
+        self.mean_regions = (
+            list(mean_regions) if mean_regions is not None else list(self.region_labels)
+        )
+        self.inference_cfg = {
+            "sw_batch_size": 2,
+            "overlap": 0.25,
+            "mode": "gaussian",
+            **dict(_plain(inference) or {}),
+        }
+        self._region_lut: torch.Tensor | None = None
+        self._scores: dict[str, list[torch.Tensor]] = {"dice": [], "hd": []}
+        self._dice_metric: Any = None
+
+    # -- model ---------------------------------------------------------------------
+    def forward(
+        self, image: torch.Tensor, allowed_labels: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Logits of the network, masked to the case's station.
+
+        Returns:
+            ``{"logits": (B, C, X, Y, Z)}``, plus ``"deep_logits"`` (list, coarser
+            heads upsampled to full size) when the net returns deep supervision.
+        """
+        out = self.net(image)
+        if isinstance(out, torch.Tensor) and out.ndim == image.ndim + 1:  # DynUNet deep supervision
+            heads = [mask_logits(h, allowed_labels) for h in torch.unbind(out, dim=1)]
+            return {"logits": heads[0], "deep_logits": heads[1:]}
+        return {"logits": mask_logits(out, allowed_labels)}
+
+    def compute_loss(self, outputs: Mapping[str, Any], label: torch.Tensor) -> torch.Tensor:
+        heads = [outputs["logits"], *outputs.get("deep_logits", [])]
+        weights = [self.hparams.deep_supervision_decay**i for i in range(len(heads))]
+        total = sum(w * self.loss(h, label) for w, h in zip(weights, heads))
+        return total / sum(weights)
+
+    @torch.no_grad()
+    def infer(
+        self, image: torch.Tensor, allowed_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sliding-window logits of whole volumes ``(B, 2, X, Y, Z) -> (B, C, X, Y, Z)``, station-masked."""
+        from monai.inferers import sliding_window_inference
+
+        cfg = self.inference_cfg
+        logits = sliding_window_inference(
+            image,
+            roi_size=list(self.hparams.patch_size),
+            sw_batch_size=int(cfg["sw_batch_size"]),
+            predictor=lambda x: self(x)["logits"],
+            overlap=float(cfg["overlap"]),
+            mode=str(cfg["mode"]),
+        )
+        return mask_logits(logits, allowed_labels)
+
+    # -- training ------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch["image"], batch.get("allowed_labels"))
+        loss = self.compute_loss(out, batch["label"])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "frequency": 1,
+            },
+        }
+
+    # -- evaluation ----------------------------------------------------------------
+    def _regions_onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, X, Y, Z)`` label values -> ``(B, R, X, Y, Z)`` region masks (float)."""
+        if self._region_lut is None or self._region_lut.device != labels.device:
+            lut = torch.zeros(
+                256, len(self.region_labels), dtype=torch.bool
+            )  # label values are 0..255
+            for r, vals in enumerate(self.region_labels.values()):
+                lut[vals, r] = True
+            self._region_lut = lut.to(labels.device)
+        lab = labels[:, 0].long().clamp(0, 255)
+        return self._region_lut[lab].permute(0, 4, 1, 2, 3).float()
+
+    def _eval_step(self, batch: Mapping[str, Any]) -> None:
+        from monai.metrics import DiceMetric, compute_hausdorff_distance
+
+        logits = self.infer(batch["image"], batch.get("allowed_labels"))
+        pred = logits.argmax(dim=1, keepdim=True)
+        p, g = self._regions_onehot(pred), self._regions_onehot(batch["label"])
+        if self._dice_metric is None:
+            self._dice_metric = DiceMetric(
+                include_background=True, reduction="mean_batch", ignore_empty=True
+            )
+        self._scores["dice"].append(self._dice_metric(p, g).detach().cpu())
+        if self.hparams.hd_percentile is not None:
+            spacing = [float(s) for s in self.hparams.spacing]
+            with warnings.catch_warnings():
+                warnings.simplefilter(
+                    "ignore"
+                )  # empty regions: NaN (absent in both) or inf (missed)
+                hd = compute_hausdorff_distance(
+                    p,
+                    g,
+                    include_background=True,
+                    percentile=float(self.hparams.hd_percentile),
+                    spacing=spacing,
+                )
+            diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(g.shape[2:], spacing)))
+            self._scores["hd"].append(
+                torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd).cpu()
+            )
+
+    def _reset_scores(self) -> None:
+        self._scores = {"dice": [], "hd": []}
+        if self._dice_metric is not None:
+            self._dice_metric.reset()
+
+    def _gather(self, key: str) -> torch.Tensor | None:
+        if not self._scores[key]:
+            return None
+        local = torch.cat(self._scores[key])  # (cases, R)
+        if self._trainer is not None and self.trainer.world_size > 1:  # DDP: every rank's cases
+            local = self.all_gather(local.to(self.device)).reshape(-1, local.shape[1]).cpu()
+        return local
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics: dict[str, float] = {}
+        names = list(self.region_labels)
+        for key, prefix in (("dice", "dice"), ("hd", "hd95_mm")):
+            scores = self._gather(key)
+            if scores is None:
+                continue
+            per_region = torch.nanmean(scores.float(), dim=0)
+            for name, v in zip(names, per_region.tolist()):
+                if not math.isnan(v):
+                    metrics[f"{stage}/{prefix}/{name}"] = v
+            sel = [names.index(r) for r in self.mean_regions if r in names]
+            vals = per_region[sel]
+            vals = vals[~torch.isnan(vals)]
+            if len(vals):
+                metrics[f"{stage}/{prefix}_mean"] = float(vals.mean())
+        if metrics:
+            self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        self._reset_scores()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_scores()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_scores()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")

@@ -1,0 +1,228 @@
+"""Train the compartment segmenter: ``python -m nxp2seg.train [overrides]``.
+
+With no overrides it generates (once) the default phantom cohort in the cache
+folder, trains on CPU and writes the model bundle to ``OUTPUT_DIR/bundle``,
+printing its path. Overrides select data, model, trainer, experiment::
+
+    python -m nxp2seg.train data.cohort=/data/COHORT trainer=gpu
+    python -m nxp2seg.train experiment=smoke
+    python -m nxp2seg.train ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
+
+:func:`train` is a plain function of the composed config (tests call it);
+:func:`main` is the Hydra entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["train", "main", "build_network", "summarize_metrics"]
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_dict(node: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a ``{name: {_target_: ...}}`` group (callbacks, logger)."""
+    out = []
+    for name, conf in (node or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("instantiating %s <%s>", name, conf._target_)
+            out.append(hydra.utils.instantiate(conf))
+    return out
+
+
+def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]]:
+    """Build ``cfg.model.net`` for the data: channels, classes, spacing and patch size.
+
+    Returns:
+        ``(net, spec)`` where ``spec`` (``target``, ``kwargs``, ``state_prefix``)
+        is what the bundle records to rebuild the same network.
+    """
+    prep = datamodule.preprocessing
+    runtime = {
+        "in_channels": int(datamodule.in_channels),
+        "out_channels": int(datamodule.num_classes),
+        "spacing": [float(s) for s in prep.target_spacing],
+        "patch_size": [int(p) for p in prep.patch_size],
+    }
+    net = hydra.utils.instantiate(cfg.model.net)(**runtime)
+    kwargs = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items()
+        if not k.startswith("_")
+    }
+    return net, {
+        "target": cfg.model.net._target_,
+        "kwargs": {**kwargs, **runtime},
+        "state_prefix": "net.",
+    }
+
+
+def summarize_metrics(metrics: dict[str, Any], stage: str) -> dict[str, Any]:
+    """``{"val/dice/x": v, ...}`` -> ``{"dice_mean": ..., "dice": {x: v}, "hd95_mm": {...}}`` of one stage."""
+    out: dict[str, Any] = {}
+    prefix = f"{stage}/"
+    for key, value in sorted(metrics.items()):
+        if not key.startswith(prefix):
+            continue
+        v = float(value)
+        if math.isnan(v):
+            continue
+        parts = key[len(prefix) :].split("/")
+        if len(parts) == 1:
+            out[parts[0]] = v
+        else:
+            out.setdefault(parts[0], {})[parts[1]] = v
+    return out
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the segmenter described by ``cfg`` and write its bundle.
+
+    Steps: seed; data module (generates the phantom if needed, splits by
+    subject, plans preprocessing); network for that plan; module; callbacks,
+    loggers, trainer; fit (resuming from ``cfg.ckpt_path`` restores optimizer,
+    scheduler and loop state); load the best checkpoint's weights; validate
+    them and score the held-out test subjects; write the bundle to ``cfg.bundle_dir``.
+
+    Returns:
+        ``(metrics, objects)``: the last logged metrics (``train/loss``,
+        ``val/dice_mean``, ``test/dice_mean``, ...) as floats, and ``cfg``,
+        ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``,
+        ``bundle_dir``, ``validation``.
+    """
+    import pytorch_lightning as pl
+    import torch
+
+    from nxp2seg.models.bundle import write_bundle
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(str(cfg.float32_matmul_precision))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    log.info("data <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    prep = datamodule.preprocessing
+    log.info("preprocessing: spacing %s mm, patch %s", prep.target_spacing, prep.patch_size)
+
+    net, net_spec = build_network(cfg, datamodule)
+    model = hydra.utils.instantiate(
+        cfg.model,
+        net=net,
+        region_labels=datamodule.region_labels(),
+        mean_regions=list(datamodule.schema.regions),
+        patch_size=list(prep.patch_size),
+        spacing=list(prep.target_spacing),
+    )
+
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
+    for lg in loggers:
+        lg.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "preprocessing": prep.to_dict()}
+        )
+
+    weights_only = bool(cfg.get("ckpt_weights_only", True))
+    trainer.fit(
+        model=model,
+        datamodule=datamodule,
+        ckpt_path=cfg.get("ckpt_path"),
+        weights_only=weights_only,
+    )
+    metrics = _floats(dict(trainer.callback_metrics))
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=weights_only)["state_dict"]
+        model.load_state_dict(state)
+        score = getattr(ckpt_cb, "best_model_score", None)
+        log.info(
+            "best checkpoint: %s (val/dice_mean %.4f)",
+            best,
+            float(score) if score is not None else float("nan"),
+        )
+    validation: dict[str, Any] = {
+        "best_checkpoint": best or None,
+        "epoch": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+    }
+    if cfg.get("validate_best", True) and not trainer.fast_dev_run:
+        metrics.update(
+            _floats(trainer.validate(model=model, datamodule=datamodule, verbose=False)[0])
+        )
+    validation["val"] = summarize_metrics(metrics, "val")
+    if cfg.get("test", True) and datamodule.has_test_cases() and not trainer.fast_dev_run:
+        metrics.update(_floats(trainer.test(model=model, datamodule=datamodule, verbose=False)[0]))
+        validation["test"] = summarize_metrics(metrics, "test")
+    validation["data"] = datamodule.describe()
+
+    bundle_dir = Path(cfg.get("bundle_dir") or output_dir / "bundle")
+    if trainer.is_global_zero:
+        model_cpu = model.to("cpu")
+        write_bundle(
+            bundle_dir,
+            model_cpu,
+            config=cfg,
+            dataset=datamodule.cohort.dataset,
+            preprocessing=prep,
+            validation=validation,
+            network=net_spec,
+        )
+        print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
+        summary = {k: validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
+        print(f"nxp2seg: dice_mean {json.dumps(summary)}")
+    objects = {
+        "cfg": cfg,
+        "datamodule": datamodule,
+        "model": model,
+        "trainer": trainer,
+        "callbacks": callbacks,
+        "loggers": loggers,
+        "bundle_dir": bundle_dir,
+        "validation": validation,
+    }
+    return metrics, objects
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point (``python -m nxp2seg.train``, ``nxp2seg-train``)."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r".*LeafSpec.*"
+    )  # Lightning's pytree shim under new torch
+    metrics, _ = train(cfg)
+    return metrics.get("val/dice_mean")
+
+
+if __name__ == "__main__":
+    main()

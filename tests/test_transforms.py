@@ -1,0 +1,163 @@
+"""Preprocessing plan, transforms, networks and station masking, on tensors small enough to check by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nxp2seg.data import Cohort, default_compartment_schema, default_muscle_schema
+from nxp2seg.data.preprocessing import (
+    CohortFingerprint,
+    Preprocessing,
+    oriented_geometry,
+    plan_preprocessing,
+)
+from nxp2seg.data.transforms import NormalizeForeground, RandFlipSwapLRd, lr_swap_lut, world_lr_axis
+
+
+def _world_x(affine: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    ijk = np.argwhere(mask)
+    return (np.c_[ijk, np.ones(len(ijk))] @ np.asarray(affine, dtype=float).T)[:, 0]
+
+
+def _sides_correct(label: np.ndarray, affine: np.ndarray, schema) -> bool:
+    """Every *_right voxel lies at world x > 0 (RAS: patient's right), every *_left at x < 0."""
+    for name, value in schema.labels.items():
+        x = _world_x(affine, label == value)
+        if name.endswith("_right") and len(x) and not (x > 0).all():
+            return False
+        if name.endswith("_left") and len(x) and not (x < 0).all():
+            return False
+    return True
+
+
+@pytest.mark.parametrize("case_id", ["S000_thigh", "S000_calf"])  # RAS and LPS affines
+def test_flip_keeps_right_and_left_in_world_space(synthetic_cohort, case_id):
+    from monai.transforms import LoadImaged
+
+    cohort = Cohort.open(synthetic_cohort)
+    schema = cohort.dataset.schema
+    load = LoadImaged(
+        ["image", "label"], reader="NibabelReader", image_only=True, ensure_channel_first=True
+    )
+    d = load({"image": str(cohort.t1_path(case_id)), "label": str(cohort.label_path(case_id))})
+    affine = d["label"].affine.numpy()
+    assert _sides_correct(d["label"][0].numpy(), affine, schema)
+    out = RandFlipSwapLRd(keys=["image", "label"], label_keys=["label"], schema=schema, prob=1.0)(d)
+    flipped = out["label"][0].numpy()
+    assert not np.array_equal(flipped, d["label"][0].numpy())  # it did mirror
+    assert np.allclose(out["label"].affine.numpy(), affine)  # in the same world frame
+    assert _sides_correct(
+        flipped, affine, schema
+    )  # the label under the patient's right is still *_right
+    # the image moved with its labels: bone (bright on T1) still under the bone label
+    bone = flipped == schema.labels["bone"]
+    assert (
+        out["image"][0].numpy()[bone].mean() > 2 * out["image"][0].numpy()[flipped > 0].mean() / 3
+    )
+    # mirroring without the swap would have put left labels on the right
+    plain = np.flip(d["label"][0].numpy(), axis=world_lr_axis(affine))
+    assert not _sides_correct(plain, affine, schema)
+
+
+def test_lr_swap_lut_pairs_every_sided_label():
+    for schema in (default_compartment_schema(), default_muscle_schema()):
+        lut = lr_swap_lut(schema)
+        assert (lut[lut] == np.arange(len(lut))).all()  # an involution
+        for name, v in schema.labels.items():
+            if name.endswith("_right"):
+                assert schema.name_of(lut[v]) == name[: -len("_right")] + "_left"
+            elif not name.endswith("_left"):
+                assert lut[v] == v
+    s = default_compartment_schema()
+    assert lr_swap_lut(s)[s.labels["thigh_anterior_right"]] == s.labels["thigh_anterior_left"] == 4
+
+
+def test_world_lr_axis_reads_the_affine():
+    assert world_lr_axis(np.diag([2.0, 2.0, 5.0, 1.0])) == 0
+    swapped = np.array(
+        [[0, 0, -3.0, 0], [2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1]]
+    )  # array axis 2 runs along x
+    assert world_lr_axis(swapped) == 2
+
+
+def test_normalisation_ignores_scanner_gain():
+    rng = np.random.default_rng(0)
+    img = np.zeros((2, 20, 20, 4), dtype=np.float32)
+    img[:, 5:15, 5:15] = rng.uniform(1.0, 3.0, (2, 10, 10, 4))
+    img += rng.uniform(0, 0.02, img.shape).astype(np.float32)  # background noise
+    norm = NormalizeForeground("zscore_foreground", clip=None)
+    a = norm(torch.as_tensor(img))
+    b = norm(torch.as_tensor(img * np.array([1500.0, 37.0], dtype=np.float32)[:, None, None, None]))
+    assert torch.allclose(a, b, atol=1e-4)
+    fg = a[:, 5:15, 5:15]
+    assert torch.allclose(fg.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(fg.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-2)
+
+
+def test_oriented_geometry_of_lps_and_permuted_affines():
+    lps = np.diag([-2.0, -2.0, 6.0, 1.0])
+    sp, sh = oriented_geometry(lps, (10, 8, 4))
+    assert sp.tolist() == [2.0, 2.0, 6.0] and sh.tolist() == [10, 8, 4]
+    perm = np.array(
+        [[0, 0, 1.0, 0], [0, 6.0, 0, 0], [2.5, 0, 0, 0], [0, 0, 0, 1]]
+    )  # axes stored z, y, x
+    sp, sh = oriented_geometry(perm, (4, 8, 10))
+    assert sp.tolist() == [1.0, 6.0, 2.5] and sh.tolist() == [10, 8, 4]
+
+
+def test_plan_keeps_thick_slices_and_rounds_patch():
+    spacings = np.array([[2.5, 2.5, 6.0], [2.4, 2.4, 8.0], [2.6, 2.6, 5.0], [2.5, 2.5, 6.0]])
+    shapes = np.array([[160, 112, 16], [166, 116, 12], [154, 108, 19], [160, 112, 16]])
+    prep = plan_preprocessing(
+        CohortFingerprint(spacings, shapes), {"max_patch_size": [128, 128, 32]}
+    )
+    assert prep.target_spacing == (2.5, 2.5, 6.0)
+    assert prep.patch_size == (128, 112, 16)
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    fixed = plan_preprocessing(
+        CohortFingerprint(spacings, shapes),
+        {"target_spacing": [3, 3, 6], "patch_size": [64, 64, 8]},
+    )
+    assert fixed.target_spacing == (3.0, 3.0, 6.0) and fixed.patch_size == (64, 64, 8)
+    with pytest.raises(ValueError, match="unknown keys"):
+        plan_preprocessing(CohortFingerprint(spacings, shapes), {"patchsize": [1, 2, 3]})
+
+
+def test_kernels_and_strides_follow_anisotropy():
+    from nxp2seg.models.networks import patch_divisor, plan_kernels_strides
+
+    kernels, strides = plan_kernels_strides((2.5, 2.5, 6.0), (128, 112, 16), n_levels=4)
+    assert kernels[0] == [3, 3, 1]  # thick axis: no 3-wide kernel at full resolution
+    assert strides == [
+        [1, 1, 1],
+        [2, 2, 1],
+        [2, 2, 2],
+        [2, 2, 2],
+    ]  # z pooled once in-plane caught up
+    assert patch_divisor(strides) == [8, 8, 4]
+    _, strides = plan_kernels_strides((1.0, 1.0, 1.0), (16, 16, 6), n_levels=4)
+    assert [s[2] for s in strides] == [1, 1, 1, 1]  # 6 -> 3 would drop below min_feature_size
+
+
+def test_station_mask_never_labels_the_other_station():
+    from nxp2seg.data.datamodule import CohortDataModule
+    from nxp2seg.models.segmenter import Segmenter, mask_logits
+
+    schema = default_compartment_schema()
+    thigh = np.zeros(16, dtype=bool)
+    thigh[sorted(schema.station_labels("thigh"))] = True
+    logits = torch.randn(2, 16, 6, 5, 4) * 10
+    logits[:, 7:13] += 100.0  # the network is sure it sees calf
+    allowed = torch.as_tensor(
+        np.stack([thigh, ~thigh | (np.arange(16) == 0) | (np.arange(16) >= 13)])
+    )
+    pred = mask_logits(logits, allowed).argmax(1)
+    assert not torch.isin(pred[0], torch.arange(7, 13)).any()  # thigh case: no calf label
+    assert not torch.isin(pred[1], torch.arange(1, 7)).any()  # calf case: no thigh label
+    assert CohortDataModule.allowed_labels.__doc__  # the data module builds the same masks per case
+    net = torch.nn.Conv3d(2, 16, 1)
+    module = Segmenter(net, torch.nn.Identity(), torch.optim.SGD, patch_size=(6, 5, 4))
+    out = module(torch.randn(1, 2, 6, 5, 4), torch.as_tensor(thigh)[None])
+    assert not torch.isin(out["logits"].argmax(1), torch.arange(7, 13)).any()
