@@ -38,8 +38,9 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.special import expit, ndtr, ndtri
 
-from nxp2seg.data.schema import COMPARTMENTS, PATTERNS, SIDES, STATIONS, GradeScale
+from nxp2seg.data.schema import COMPARTMENTS, PATTERNS, SIDES, STATIONS
 from nxp2seg.data.schema import get_grade_scale, region_name
+from nxp2seg.grading import pattern_rule  # the one home of the rule; re-exported here
 
 __all__ = ["DiseaseConfig", "RegionTruth", "StationTruth", "SubjectTruth", "pattern_rule",
            "extent4_grade", "sample_subject", "sample_subjects", "truth_tables",
@@ -189,40 +190,6 @@ def extent4_grade(fraction: float) -> int:
     return 1 if fraction < 0.30 else (2 if fraction <= 0.75 else 3)
 
 
-def _pattern_of(grades: Any, extent: tuple[str, ...]) -> str:
-    classes = {extent[int(g)] for g in grades if int(g) > 0}
-    if not classes:
-        return "none"
-    if "global" not in classes:
-        return "patchy"
-    return "diffuse" if classes == {"global"} else "mixed"
-
-
-def pattern_rule(grades: Any, scale: GradeScale | str = "beltrame6") -> Any:
-    """Station pattern from regional grades (DESIGN.md, "Pattern per station").
-
-    ``none`` when no region is graded above 0, ``patchy`` when every involved
-    region is focal or segmented, ``diffuse`` when every involved region is
-    global, ``mixed`` otherwise. Extent classes are read from ``scale.extent``.
-
-    Args:
-        grades: integer grades of one station's regions, shape ``(R,)``, or
-            ``(..., R)`` for many stations at once.
-        scale: a :class:`GradeScale` or its name.
-
-    Returns:
-        The pattern (``str``) for 1-D input, else an object array of shape ``(...)``.
-    """
-    scale = get_grade_scale(scale) if isinstance(scale, str) else scale
-    g = np.asarray(grades, dtype=int)
-    if g.ndim == 1:
-        return _pattern_of(g, scale.extent)
-    n_glob = (np.array([e == "global" for e in scale.extent])[g] & (g > 0)).sum(-1)
-    n_inv = (g > 0).sum(-1)
-    code = np.where(n_inv == 0, 0, np.where(n_glob == 0, 1, np.where(n_glob == n_inv, 3, 2)))
-    return np.asarray(PATTERNS, dtype=object)[code]
-
-
 # -- constants derived from a config (solved once per config) ---------------------------
 
 def _solve(fn: Any, target: float) -> float:
@@ -349,7 +316,7 @@ def _asymmetry(g: np.ndarray, pattern: str, bilateral: np.ndarray,
                 if 1 <= new <= _BELTRAME.max_grade:
                     trial = g.copy()
                     trial[s, c] = new
-                    if _pattern_of(trial.ravel(), _BELTRAME.extent) == pattern:
+                    if pattern_rule(trial.ravel(), _BELTRAME) == pattern:
                         cands.append((s, c, new))
     if cands:
         s, c, new = cands[rng.integers(len(cands))]
