@@ -291,7 +291,7 @@ def test_datamodule_splits_by_subject_and_skips_unlabelled(tmp_path):
         "S001_calf" not in v for v in dm.splits.values()
     )
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape[1] == 2 and batch["label"].shape[1] == 1
+    assert batch["image"].shape[1] == 3 and batch["label"].shape[1] == 1  # T1, STIR, laterality
     allowed = batch["allowed_labels"]
     for station, row in zip(batch["station"], allowed):
         assert (

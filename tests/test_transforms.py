@@ -161,3 +161,35 @@ def test_station_mask_never_labels_the_other_station():
     module = Segmenter(net, torch.nn.Identity(), torch.optim.SGD, patch_size=(6, 5, 4))
     out = module(torch.randn(1, 2, 6, 5, 4), torch.as_tensor(thigh)[None])
     assert not torch.isin(out["logits"].argmax(1), torch.arange(7, 13)).any()
+
+
+@pytest.mark.parametrize("lps", [0.0, 1.0])
+def test_laterality_channel_is_positive_on_the_patients_right(tmp_path, lps):
+    """The laterality channel separates the legs in world space, also after a flip."""
+    from nxp2seg.data.cohort import Cohort
+    from nxp2seg.data.preprocessing import fingerprint_cohort, plan_preprocessing
+    from nxp2seg.data.schema import default_compartment_schema
+    from nxp2seg.data.transforms import Augmentation, Sampling, eval_transforms, train_transforms
+    from nxp2seg.phantom import generate_cohort
+
+    root = generate_cohort(
+        tmp_path / "c", subjects=2, preset="tiny", seed=3, workers=1,
+        acquisition={"lps_probability": lps, "oblique_probability": 1.0},
+    )
+    cohort = Cohort.open(root)
+    schema = default_compartment_schema()
+    right = torch.tensor([v for n, v in schema.labels.items() if n.endswith("_right")]).float()
+    left = torch.tensor([v for n, v in schema.labels.items() if n.endswith("_left")]).float()
+    prep = plan_preprocessing(fingerprint_cohort(cohort, cohort.case_ids, "RAS"))
+    assert prep.laterality and prep.in_channels == 3
+    ev = eval_transforms(prep)
+    ev = mt.Compose(ev) if isinstance(ev, list) else ev
+    flip = train_transforms(prep, schema, Augmentation(flip_lr_prob=1.0, affine_prob=0.0), Sampling())
+    for cid in cohort.case_ids:
+        item = {"t1": str(cohort.t1_path(cid)), "stir": str(cohort.stir_path(cid)), "label": str(cohort.label_path(cid))}
+        for d in (ev(dict(item)), flip(dict(item))):
+            d = d[0] if isinstance(d, list) else d
+            lat, lab = d["image"][2], d["label"][0]
+            on_right, on_left = lat[torch.isin(lab, right)], lat[torch.isin(lab, left)]
+            assert (on_right > 0).float().mean() > 0.98, cid
+            assert (on_left < 0).float().mean() > 0.98, cid

@@ -6,9 +6,13 @@
 2. verify it against the dataset contract,
 3. summarise it (cases, subjects, reader agreement, pattern counts) and draw
    the phantom figure,
+4. train the model on its training subjects (``python -m nxp2seg.train``,
+   about 12 minutes on 2 CPU cores) and score the held-out test subjects,
 
-and print where everything is. Training, prediction and evaluation join this
-job as they land (see README, "Status").
+and print where everything is. ``train=false`` stops after step 3; any
+``train.KEY=VALUE`` is passed to the trainer as ``KEY=VALUE`` (e.g.
+``train.experiment=smoke``). Prediction and evaluation join this job as they
+land (see README, "Status").
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from pathlib import Path
 __all__ = ["main", "run_demo"]
 
 
-def run_demo(out: str | Path = "outputs/demo", subjects: int = 48, preset: str = "small", seed: int = 0) -> dict:
+def run_demo(
+    out: str | Path = "outputs/demo",
+    subjects: int = 48,
+    preset: str = "small",
+    seed: int = 0,
+    train: bool | dict = True,
+) -> dict:
     """Run the demo steps; returns paths and headline numbers."""
     from rich.console import Console
 
@@ -33,17 +43,17 @@ def run_demo(out: str | Path = "outputs/demo", subjects: int = 48, preset: str =
     cohort_dir = out / "cohort"
     t0 = time.perf_counter()
     if (cohort_dir / "dataset.json").exists():
-        console.print(f"[bold]1/3[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
+        console.print(f"[bold]1/4[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
     else:
-        console.print(f"[bold]1/3[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
+        console.print(f"[bold]1/4[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
         generate_cohort(cohort_dir, subjects=subjects, preset=preset, seed=seed, progress=True)
-    console.print("[bold]2/3[/bold] verifying the cohort against the dataset contract")
+    console.print("[bold]2/4[/bold] verifying the cohort against the dataset contract")
     report = verify_cohort(cohort_dir)
     if not report.ok:
         console.print(report.to_dataframe().to_string())
         raise SystemExit(f"verify found {len(report.errors)} errors in {cohort_dir}")
     console.print(f"    cohort OK ({len(report.warnings)} warnings)")
-    console.print("[bold]3/3[/bold] summarising the cohort")
+    console.print("[bold]3/4[/bold] summarising the cohort")
     cohort = Cohort.open(cohort_dir)
     summary = _summarise(cohort)
     figure = out / "phantom_figure.png"
@@ -53,10 +63,47 @@ def run_demo(out: str | Path = "outputs/demo", subjects: int = 48, preset: str =
     console.print(f"    cases {summary['n_cases']}, subjects {summary['n_subjects']}, "
                   f"inter-reader quadratic kappa (edema) {summary['kappa_rater_vs_rater']:.3f}")
     console.print(f"    thigh patterns (reader A): {summary['thigh_patterns']}")
+    result = {"cohort": cohort_dir, "figure": figure, **summary}
+    if train is not False:
+        extra = train if isinstance(train, dict) else {}
+        console.print("[bold]4/4[/bold] training on the training subjects (python -m nxp2seg.train)")
+        result.update(_train(cohort_dir, out / "train", extra))
     console.print(f"[green]done in {time.perf_counter() - t0:.0f} s[/green]")
     console.print(f"cohort:  {cohort_dir.resolve()}")
     console.print(f"figure:  {figure.resolve()}")
-    return {"cohort": cohort_dir, "figure": figure, **summary}
+    if "bundle" in result:
+        console.print(f"model:   {result['bundle']}")
+        console.print(f"test:    {result['test_summary']}")
+    return result
+
+
+def _train(cohort_dir: Path, out: Path, extra: dict) -> dict:
+    """Run ``python -m nxp2seg.train`` on the cohort; returns the bundle path and its test summary."""
+    import json
+    import subprocess
+
+    if (out / "bundle" / "bundle.json").exists():
+        print(f"    model bundle already at {out / 'bundle'} (delete {out} to retrain)")
+    else:
+        args = [f"data.cohort={cohort_dir.resolve()}", f"output_dir={out.resolve()}"]
+        args += [f"{k}={v}" for k, v in _flatten(extra).items()]
+        proc = subprocess.run([sys.executable, "-m", "nxp2seg.train", *args])
+        if proc.returncode != 0:
+            raise SystemExit(f"training failed (exit {proc.returncode}); see {out}")
+    validation = json.loads((out / "bundle" / "validation.json").read_text())
+    test = validation.get("test") or {}
+    summary = {k: round(v, 4) for k, v in test.items() if isinstance(v, (int, float)) and "mean" in k}
+    return {"bundle": (out / "bundle").resolve(), "test_summary": summary}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _summarise(cohort) -> dict:
@@ -88,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         opts = parse_overrides(argv)
-        unknown = set(opts) - {"out", "subjects", "preset", "seed"}
+        unknown = set(opts) - {"out", "subjects", "preset", "seed", "train"}
         if unknown:
-            raise ValueError(f"unknown demo options {sorted(unknown)}; use out=, subjects=, preset=, seed=")
+            raise ValueError(f"unknown demo options {sorted(unknown)}; use out=, subjects=, preset=, seed=, train=")
     except ValueError as e:
         print(f"nxp2seg.demo: {e}", file=sys.stderr)
         return 2

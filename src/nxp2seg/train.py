@@ -1,4 +1,4 @@
-"""Train the compartment segmenter: ``python -m nxp2seg.train [overrides]``.
+"""Train the segmenter (and grading head): ``python -m nxp2seg.train [overrides]``.
 
 With no overrides it generates (once) the default phantom cohort in the cache
 folder, trains on CPU and writes the model bundle to ``OUTPUT_DIR/bundle``,
@@ -6,6 +6,7 @@ printing its path. Overrides select data, model, trainer, experiment::
 
     python -m nxp2seg.train data.cohort=/data/COHORT trainer=gpu
     python -m nxp2seg.train experiment=smoke
+    python -m nxp2seg.train grading=head          # segmentation + grading head
     python -m nxp2seg.train ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
 
 :func:`train` is a plain function of the composed config (tests call it);
@@ -23,7 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["train", "main", "build_network", "summarize_metrics"]
+__all__ = ["train", "main", "build_network", "build_grader", "grading_enabled", "summarize_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,46 @@ def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]
     }
 
 
+def grading_enabled(cfg: DictConfig) -> bool:
+    """Whether the config asks for the grading head (``model.grading`` set)."""
+    return cfg.model.get("grading") is not None
+
+
+def build_grader(cfg: DictConfig, datamodule: Any, net: Any) -> tuple[Any, dict[str, Any]]:
+    """Build ``cfg.model.grading`` for the network and the cohort.
+
+    Runtime arguments: ``feature_channels`` (the network's last decoder width),
+    ``spacing`` (target spacing), ``max_grade`` (the cohort's edema scale,
+    ``dataset.json`` ``grade_scale``) and ``n_regions`` (region slots per station).
+
+    Returns:
+        ``(grader, spec)``; ``spec`` (``target``, ``kwargs``, ``state_prefix``)
+        rebuilds it from a bundle.
+    """
+    from nxp2seg.models.grading import FeatureTap
+
+    tap = FeatureTap(net)
+    channels = tap.channels
+    tap.remove()
+    runtime = {
+        "feature_channels": int(channels),
+        "spacing": [float(s) for s in datamodule.preprocessing.target_spacing],
+        "max_grade": int(datamodule.grade_scale.max_grade),
+        "n_regions": int(datamodule.n_regions),
+    }
+    grader = hydra.utils.instantiate(cfg.model.grading)(**runtime)
+    kwargs = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.model.grading, resolve=True).items()
+        if not k.startswith("_")
+    }
+    return grader, {
+        "target": cfg.model.grading._target_,
+        "kwargs": {**kwargs, **runtime},
+        "state_prefix": "grader.",
+    }
+
+
 def summarize_metrics(metrics: dict[str, Any], stage: str) -> dict[str, Any]:
     """``{"val/dice/x": v, ...}`` -> ``{"dice_mean": ..., "dice": {x: v}, "hd95_mm": {...}}`` of one stage."""
     out: dict[str, Any] = {}
@@ -94,7 +135,7 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the segmenter described by ``cfg`` and write its bundle.
+    """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
 
     Steps: seed; data module (generates the phantom if needed, splits by
     subject, plans preprocessing); network for that plan; module; callbacks,
@@ -123,13 +164,31 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     log.info("data <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    grading = grading_enabled(cfg)
+    data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": grading}
+    datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     datamodule.prepare_data()
     datamodule.setup("fit")
     prep = datamodule.preprocessing
-    log.info("preprocessing: spacing %s mm, patch %s", prep.target_spacing, prep.patch_size)
+    log.info(
+        "preprocessing: spacing %s mm, patch %s, canvas %s",
+        prep.target_spacing,
+        prep.patch_size,
+        prep.canvas_size,
+    )
 
     net, net_spec = build_network(cfg, datamodule)
+    grader, grader_spec = build_grader(cfg, datamodule, net) if grading else (None, None)
+    extra: dict[str, Any] = {}
+    if grading:
+        from nxp2seg.models.myositis import size_divisor_of
+
+        extra = {
+            "grading": grader,
+            "grade_scale": datamodule.grade_scale.name,
+            "canvas_size": list(prep.canvas_size or prep.patch_size),
+            "size_divisor": size_divisor_of(net),
+        }
     model = hydra.utils.instantiate(
         cfg.model,
         net=net,
@@ -137,6 +196,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         mean_regions=list(datamodule.schema.regions),
         patch_size=list(prep.patch_size),
         spacing=list(prep.target_spacing),
+        **extra,
     )
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
@@ -195,10 +255,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             preprocessing=prep,
             validation=validation,
             network=net_spec,
+            grader=grader_spec,
         )
         print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
         summary = {k: validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
         print(f"nxp2seg: dice_mean {json.dumps(summary)}")
+        if grading:
+            keys = ("edema_kappa_quadratic", "edema_icc", "pattern_kappa", "station_score_icc")
+            graded = {k: {m: validation.get(k, {}).get(m) for m in keys} for k in ("val", "test")}
+            print(f"nxp2seg: grading {json.dumps(graded)}")
     objects = {
         "cfg": cfg,
         "datamodule": datamodule,

@@ -5,17 +5,30 @@
 * Which cases: cases whose ``split`` is ``test`` are held out (their subjects
   entirely); the rest is split into train and validation **by subject**, never
   by case, with a seed (or by ``split=val`` rows where ``cases.csv`` has them).
-  Cases without a label map are left out of segmentation training.
+  Cases without a label map are left out of segmentation-only training; with
+  ``grading`` on, they stay in when the readers graded them (the grading head
+  trains on them, the segmentation loss skips them).
+* What a sample is (``sampling.mode``): a random patch (``patch``), or the
+  whole case padded to a canvas planned from the training cases (``whole``,
+  the default when grading is on: the head pools over whole regions).
 * What a batch holds: ``image`` ``(B, 2, X, Y, Z)`` float32 (T1, STIR),
   ``label`` ``(B, 1, X, Y, Z)`` float32 label values, ``allowed_labels``
   ``(B, num_classes)`` bool (the label values the case's station may hold: a
   thigh case never gets a calf label), and the lists ``case_id``,
   ``subject_id``, ``station``. Training batches hold ``batch_size *
-  num_samples`` patches; validation and test batches one whole volume.
+  num_samples`` patches (or ``batch_size`` whole cases); validation and test
+  batches one whole volume (unpadded).
+* With ``grading`` on, also: ``has_label`` ``(B,)`` (0 = empty stand-in label),
+  the readers' targets ``edema_target``, ``fat_target``, ``fascial_target``,
+  ``subcut_target`` ``(B, R)`` (rater means, NaN = not graded),
+  ``pattern_target`` ``(B, 4)``, ``pattern_index`` ``(B,)``, and the station's
+  slots: ``region_membership`` and ``subcut_membership`` ``(B, R, num_classes)``,
+  ``station_index`` ``(B,)``, ``lr_perm`` ``(B, R)`` (:mod:`nxp2seg.data.regions`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -32,9 +45,17 @@ from nxp2seg.data.preprocessing import (
     PlanOptions,
     Preprocessing,
     fingerprint_cohort,
+    plan_canvas,
     plan_preprocessing,
 )
-from nxp2seg.data.schema import STATIONS, LabelSchema
+from nxp2seg.data.regions import (
+    case_targets,
+    lr_permutation,
+    n_region_slots,
+    region_membership,
+    subcut_membership,
+)
+from nxp2seg.data.schema import STATIONS, GradeScale, LabelSchema
 
 __all__ = [
     "CohortDataModule",
@@ -106,6 +127,33 @@ def phantom_cohort_dir(cache_dir: str | os.PathLike, preset: str, subjects: int,
     )
 
 
+def _hidden_masks(
+    cases: pd.DataFrame, labelled_train: Sequence[str], fraction: float, seed: int
+) -> set[str]:
+    """Training cases whose masks ``mask_fraction`` hides: all cases of the subjects not drawn.
+
+    Draws ``ceil(fraction * n)`` (at least one) of the ``n`` subjects with a labelled
+    training case; the other subjects' cases are treated as unlabelled.
+    """
+    if fraction >= 1.0 or not labelled_train:
+        return set()
+    subject = dict(zip(cases["case_id"].astype(str), cases["subject_id"].astype(str)))
+    subjects = sorted({subject[c] for c in labelled_train})
+    n_keep = max(1, int(np.ceil(fraction * len(subjects) - 1e-9)))
+    order = np.random.default_rng(seed + 1).permutation(len(subjects))
+    keep = {subjects[i] for i in order[:n_keep]}
+    return {c for c in labelled_train if subject[c] not in keep}
+
+
+def _is_graded(targets: Mapping[str, Any]) -> bool:
+    """Whether any reader grade, flag or pattern exists among a case's targets."""
+    return any(
+        np.isfinite(np.asarray(v, dtype=float)).any()
+        for k, v in targets.items()
+        if k != "pattern_index"
+    )
+
+
 def _plain(x: Any) -> Any:
     """DictConfig/ListConfig -> dict/list (Hydra passes config nodes unless told otherwise)."""
     try:
@@ -125,7 +173,10 @@ class CohortDataModule(pl.LightningDataModule):
         cohort: cohort folder; ``None`` uses the phantom described by ``phantom``.
         phantom: ``{preset, subjects, seed, cache_dir}`` of the built-in phantom
             cohort (used when ``cohort`` is ``None``).
-        split: ``{val_fraction, seed, holdout}``, see :func:`split_by_subject`.
+        split: ``{val_fraction, seed, holdout}``, see :func:`split_by_subject`; and
+            ``mask_fraction`` (default 1): use the label maps of only this share of
+            the training subjects (drawn with ``seed``), as if the others had none
+            (to study training with few masks; validation keeps its masks).
         preprocessing: the ``data.preprocessing`` block
             (:class:`~nxp2seg.data.preprocessing.PlanOptions`); or pass a planned
             :class:`Preprocessing` to reuse one (e.g. from a bundle).
@@ -133,6 +184,8 @@ class CohortDataModule(pl.LightningDataModule):
         augmentation: :class:`~nxp2seg.data.transforms.Augmentation` block.
         loader: ``{batch_size, num_workers, cache_rate, cache_num_workers,
             pin_memory, verify, verify_images}``.
+        grading: serve the readers' grade targets and keep graded cases without
+            masks (``None`` = off; ``train`` turns it on with the grading head).
     """
 
     def __init__(
@@ -144,6 +197,7 @@ class CohortDataModule(pl.LightningDataModule):
         sampling: Mapping[str, Any] | None = None,
         augmentation: Mapping[str, Any] | None = None,
         loader: Mapping[str, Any] | None = None,
+        grading: bool | None = None,
     ):
         super().__init__()
         from nxp2seg.data.transforms import Augmentation, Sampling
@@ -167,12 +221,24 @@ class CohortDataModule(pl.LightningDataModule):
             "val_fraction": 0.2,
             "seed": 0,
             "holdout": list(HOLDOUT_SPLITS),
+            "mask_fraction": 1.0,
             **dict(_plain(split) or {}),
         }
+        if not 0.0 < float(self.split_cfg["mask_fraction"]) <= 1.0:
+            raise ValueError(
+                f"data.split.mask_fraction must be in (0, 1], got {self.split_cfg['mask_fraction']}"
+            )
         preprocessing = _plain(preprocessing)
         self._fixed_prep = preprocessing if isinstance(preprocessing, Preprocessing) else None
         self.plan_options = PlanOptions.from_mapping(None if self._fixed_prep else preprocessing)
         self.sampling = Sampling.from_mapping(_plain(sampling))
+        self.grading = bool(grading)
+        self.mode = self.sampling.resolve(self.grading)
+        if self.grading and self.mode != "whole":
+            raise ValueError(
+                "the grading head trains on whole cases: set data.sampling.mode=whole (or auto), "
+                f"not {self.sampling.mode!r}"
+            )
         self.augmentation = Augmentation.from_mapping(_plain(augmentation))
         self.loader = {
             "batch_size": 2,
@@ -188,6 +254,8 @@ class CohortDataModule(pl.LightningDataModule):
         self.preprocessing: Preprocessing | None = None
         self.splits: dict[str, list[str]] = {}
         self.excluded: dict[str, list[str]] = {}
+        self.targets: dict[str, dict[str, Any]] = {}
+        self.hidden_masks: set[str] = set()
         self._datasets: dict[str, Any] = {}
 
     # -- cohort ----------------------------------------------------------------
@@ -246,7 +314,19 @@ class CohortDataModule(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return 2
+        self._plan()
+        assert self.preprocessing is not None
+        return self.preprocessing.in_channels
+
+    @property
+    def grade_scale(self) -> GradeScale:
+        """The cohort's edema grade scale (``dataset.json`` ``grade_scale``)."""
+        return self._open().dataset.grade_scale
+
+    @property
+    def n_regions(self) -> int:
+        """Graded region slots per station (6 in the default schemas)."""
+        return n_region_slots(self.schema)
 
     def region_labels(self) -> dict[str, list[int]]:
         """Regions scored in validation: the graded regions, then subcutaneous tissue and bone."""
@@ -256,6 +336,10 @@ class CohortDataModule(pl.LightningDataModule):
             if name in schema.labels:
                 out[name] = [schema.labels[name]]
         return out
+
+    def has_mask(self, case_id: str) -> bool:
+        """Whether the case's label map is used (it exists and ``mask_fraction`` keeps it)."""
+        return case_id not in self.hidden_masks and self._open().has_label(case_id)
 
     def allowed_labels(self, station: str) -> np.ndarray:
         """Bool ``(num_classes,)``: label values a case of ``station`` may hold."""
@@ -282,10 +366,27 @@ class CohortDataModule(pl.LightningDataModule):
             int(self.split_cfg["seed"]),
             tuple(self.split_cfg["holdout"]),
         )
-        unlabelled = {c for c in cohort.case_ids if not cohort.has_label(c)}
-        self.excluded = {"no_label": sorted(unlabelled)}
-        self.splits = {k: [c for c in v if c not in unlabelled] for k, v in self.splits.items()}
-        if not self.splits["train"]:
+        self.hidden_masks = _hidden_masks(
+            cases,
+            [c for c in self.splits["train"] if cohort.has_label(c)],
+            float(self.split_cfg["mask_fraction"]),
+            int(self.split_cfg["seed"]),
+        )
+        unlabelled = {c for c in cohort.case_ids if not self.has_mask(c)}
+        if self.grading:
+            stations = dict(zip(cases["case_id"].astype(str), cases["station"].astype(str)))
+            n_region_slots(self.schema)  # both stations must have the same slots
+            self.targets = case_targets(
+                cohort.grades, cohort.patterns, self.schema, self.grade_scale, stations
+            )
+            ungraded = {c for c in unlabelled if not _is_graded(self.targets[c])}
+            self.excluded = {"no_label_no_grades": sorted(ungraded)}
+            drop = ungraded
+        else:
+            self.excluded = {"no_label": sorted(unlabelled)}
+            drop = unlabelled
+        self.splits = {k: [c for c in v if c not in drop] for k, v in self.splits.items()}
+        if not any(self.has_mask(c) for c in self.splits["train"]):
             raise ValueError(
                 f"{cohort.root}: no labelled training case outside the test split; add label maps to labelsTr/"
             )
@@ -294,16 +395,35 @@ class CohortDataModule(pl.LightningDataModule):
                 f"{cohort.root}: no validation subject; the segmenter needs at least two labelled training "
                 "subjects (or split=val rows in cases.csv)"
             )
-        if unlabelled:
+        if unlabelled and not self.grading:
             log.info(
                 "%d cases have no label map and are left out of segmentation training",
                 len(unlabelled),
             )
+        elif unlabelled:
+            log.info(
+                "%d cases have no label map: they train the grading head only (%d without grades "
+                "are left out)",
+                len(unlabelled) - len(drop),
+                len(drop),
+            )
         if self._fixed_prep is not None:
-            self.preprocessing = self._fixed_prep
+            prep = self._fixed_prep
+            if self.mode == "whole" and prep.canvas_size is None:
+                prep = dataclasses.replace(prep, canvas_size=prep.patch_size)
+            self.preprocessing = prep
         else:
             fp = fingerprint_cohort(cohort, self.splits["train"], self.plan_options.orientation)
-            self.preprocessing = plan_preprocessing(fp, self.plan_options)
+            prep = plan_preprocessing(fp, self.plan_options)
+            if self.mode == "whole":
+                canvas = self.plan_options.canvas_size or plan_canvas(
+                    fp, prep.target_spacing, self.plan_options.patch_divisor
+                )
+                # the network is planned for (and trained on) the canvas: patch = canvas
+                prep = dataclasses.replace(
+                    prep, patch_size=tuple(canvas), canvas_size=tuple(canvas)
+                )
+            self.preprocessing = prep
 
     def _items(self, case_ids: Sequence[str]) -> list[dict[str, Any]]:
         cohort = self._open()
@@ -311,18 +431,32 @@ class CohortDataModule(pl.LightningDataModule):
         items = []
         for cid in case_ids:
             station = str(table.at[cid, "station"])
-            items.append(
-                {
-                    "t1": str(cohort.t1_path(cid)),
-                    "stir": str(cohort.stir_path(cid)),
-                    "label": str(cohort.label_path(cid)),
-                    "case_id": cid,
-                    "subject_id": str(table.at[cid, "subject_id"]),
-                    "station": station,
-                    "allowed_labels": self.allowed_labels(station),
-                }
-            )
+            item: dict[str, Any] = {
+                "t1": str(cohort.t1_path(cid)),
+                "stir": str(cohort.stir_path(cid)),
+                "label": str(cohort.label_path(cid)),
+                "case_id": cid,
+                "subject_id": str(table.at[cid, "subject_id"]),
+                "station": station,
+                "allowed_labels": self.allowed_labels(station),
+            }
+            if (self.mode == "whole" or self.grading) and not self.has_mask(cid):
+                del item["label"]  # EnsureLabeld gives it an empty one and has_label 0
+            if self.grading:
+                item.update(self._grading_item(cid, station))
+            items.append(item)
         return items
+
+    def _grading_item(self, case_id: str, station: str) -> dict[str, Any]:
+        """Targets and region slots of one case (see the module docstring)."""
+        t = self.targets[case_id]
+        return {
+            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in t.items()},
+            "region_membership": region_membership(self.schema, station, self.num_classes),
+            "subcut_membership": subcut_membership(self.schema, station, self.num_classes),
+            "station_index": STATIONS.index(station),
+            "lr_perm": lr_permutation(self.schema, station),
+        }
 
     def _dataset(self, stage: str) -> Any:
         if stage not in self._datasets:
@@ -333,10 +467,14 @@ class CohortDataModule(pl.LightningDataModule):
             assert self.preprocessing is not None
             if stage == "train":
                 tf = train_transforms(
-                    self.preprocessing, self.schema, self.augmentation, self.sampling
+                    self.preprocessing,
+                    self.schema,
+                    self.augmentation,
+                    self.sampling,
+                    mode=self.mode,
                 )
             else:
-                tf = eval_transforms(self.preprocessing)
+                tf = eval_transforms(self.preprocessing, optional_label=self.grading)
             self._datasets[stage] = CacheDataset(
                 self._items(self.splits[stage]),
                 transform=tf,
@@ -384,11 +522,18 @@ class CohortDataModule(pl.LightningDataModule):
         subj = dict(
             zip(cohort.cases["case_id"].astype(str), cohort.cases["subject_id"].astype(str))
         )
-        return {
+        out = {
             "cohort": str(self.cohort_dir),
             "phantom": self.phantom,
+            "sampling": self.mode,
             "n_cases": {k: len(v) for k, v in self.splits.items()},
             "n_subjects": {k: len({subj[c] for c in v}) for k, v in self.splits.items()},
             "excluded": {k: len(v) for k, v in self.excluded.items()},
             "split": dict(self.split_cfg),
         }
+        if self.grading:
+            out["n_labelled"] = {
+                k: sum(self.has_mask(c) for c in v) for k, v in self.splits.items()
+            }
+            out["grade_scale"] = self.grade_scale.name
+        return out

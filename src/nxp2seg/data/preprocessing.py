@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint_images",
     "fingerprint_cohort",
     "plan_preprocessing",
+    "plan_canvas",
     "oriented_geometry",
 ]
 
@@ -50,10 +51,22 @@ class Preprocessing:
     Attributes:
         target_spacing: voxel size in mm ``(s0, s1, s2)`` in the oriented array axes.
         patch_size: training patch and sliding-window size in voxels, same axes;
-            divisible by the network's total stride on each axis.
+            divisible by the network's total stride on each axis. With whole-case
+            sampling (``data.sampling.mode=whole``) it equals :attr:`canvas_size`.
+        canvas_size: whole-case training only (else ``None``): the fixed grid every
+            training case is padded to, in voxels at the target spacing; the largest
+            training case rounded up to the network's total stride
+            (:func:`plan_canvas`). Larger volumes are graded on a grid padded to a
+            multiple of the stride.
         orientation: canonical axis codes the arrays are reoriented to (closest
             canonical orientation; no resampling), ``"RAS"``.
         channels: input channel names, in order (nnU-Net channels 0, 1).
+        laterality: add a third input channel, the signed distance (in units of
+            100 mm) along world x from the body midline, positive on the
+            patient's right. A network seeing a crop of one leg cannot tell the
+            legs apart from the image alone; this channel, computed from the
+            affine on the whole volume, tells it (see
+            :class:`nxp2seg.data.transforms.AddLateralityd`).
         normalization: one of :data:`NORMALIZATIONS`; per channel, with statistics
             taken inside a body mask, so the result does not depend on scanner gain.
         foreground_fraction: the body mask is ``T1 > foreground_fraction * q(T1)``
@@ -71,6 +84,7 @@ class Preprocessing:
     patch_size: tuple[int, int, int]
     orientation: str = "RAS"
     channels: tuple[str, ...] = ("T1", "STIR")
+    laterality: bool = True
     normalization: str = "zscore_foreground"
     foreground_fraction: float = 0.1
     foreground_percentile: float = 99.0
@@ -78,6 +92,7 @@ class Preprocessing:
     image_interpolation: str = "bilinear"
     label_interpolation: str = "nearest"
     stir_to_t1: bool = True
+    canvas_size: tuple[int, int, int] | None = None
     fingerprint: dict[str, Any] = field(default_factory=dict, compare=False)
     version: int = PREPROCESSING_VERSION
 
@@ -104,6 +119,13 @@ class Preprocessing:
             raise ValueError(
                 f"Preprocessing.orientation must be 3 axis codes such as 'RAS', got {self.orientation!r}"
             )
+        if self.canvas_size is not None:
+            cs = tuple(int(c) for c in self.canvas_size)
+            if len(cs) != 3 or any(c < 1 for c in cs):
+                raise ValueError(
+                    f"Preprocessing.canvas_size must be 3 positive voxel counts or None, got {self.canvas_size}"
+                )
+            object.__setattr__(self, "canvas_size", cs)
         object.__setattr__(self, "target_spacing", ts)
         object.__setattr__(self, "patch_size", ps)
         object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
@@ -111,13 +133,17 @@ class Preprocessing:
 
     @property
     def in_channels(self) -> int:
-        return len(self.channels)
+        return len(self.channels) + (1 if self.laterality else 0)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["target_spacing"] = list(self.target_spacing)
         d["patch_size"] = list(self.patch_size)
         d["channels"] = list(self.channels)
+        if self.canvas_size is None:  # patch-mode records stay as before (older readers load them)
+            del d["canvas_size"]
+        else:
+            d["canvas_size"] = list(self.canvas_size)
         return d
 
     @classmethod
@@ -258,7 +284,9 @@ class PlanOptions:
             target (nnU-Net uses 10; 50 = median, keeps the typical slice).
         patch_divisor: planned patch sizes are rounded up to a multiple of this per
             axis (the network's total stride; :func:`nxp2seg.models.networks.patch_divisor`).
-        orientation, normalization, foreground_fraction, foreground_percentile, clip:
+        canvas_size: fixed whole-case canvas in voxels (``data.sampling.mode=whole``), or
+            ``None`` to plan it (:func:`plan_canvas`); unused for patch sampling.
+        orientation, laterality, normalization, foreground_fraction, foreground_percentile, clip:
             copied into :class:`Preprocessing`.
     """
 
@@ -268,7 +296,9 @@ class PlanOptions:
     anisotropy_threshold: float = 3.0
     thick_axis_percentile: float = 50.0
     patch_divisor: Sequence[int] = (8, 8, 4)
+    canvas_size: Sequence[int] | None = None
     orientation: str = "RAS"
+    laterality: bool = True
     normalization: str = "zscore_foreground"
     foreground_fraction: float = 0.1
     foreground_percentile: float = 99.0
@@ -335,9 +365,36 @@ def plan_preprocessing(
         target_spacing=tuple(round(float(s), 4) for s in spacing),
         patch_size=tuple(int(p) for p in patch),
         orientation=opts.orientation,
+        laterality=bool(opts.laterality),
         normalization=opts.normalization,
         foreground_fraction=opts.foreground_fraction,
         foreground_percentile=opts.foreground_percentile,
         clip=opts.clip,
         fingerprint=fp.summary(),
     )
+
+
+def plan_canvas(
+    fp: CohortFingerprint, target_spacing: Sequence[float], divisor: Sequence[int]
+) -> tuple[int, int, int]:
+    """The whole-case canvas: the largest training image at the target spacing, per axis.
+
+    Every training case is padded to this grid so that whole cases batch
+    together (the grading head sees each case entire). Rounded up to a multiple
+    of ``divisor`` (the network's total stride).
+
+    Args:
+        fp: geometry of the training images (oriented axes).
+        target_spacing: voxel size in mm after resampling.
+        divisor: per-axis multiple (``PlanOptions.patch_divisor``).
+
+    Returns:
+        ``(x, y, z)`` voxels.
+    """
+    spacing = np.asarray(target_spacing, dtype=float)
+    # the size Spacingd gives: extent / spacing, rounded (ceil guards rounding differences)
+    resampled = np.ceil(fp.spacings * fp.shapes / spacing - 1e-3).astype(int)
+    largest = resampled.max(axis=0)
+    div = np.asarray(divisor, dtype=int)
+    canvas = np.maximum(div, np.ceil(largest / div).astype(int) * div)
+    return tuple(int(c) for c in canvas)  # type: ignore[return-value]

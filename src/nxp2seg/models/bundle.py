@@ -9,7 +9,12 @@
       preprocessing.json    orientation, target spacing, patch size, normalisation
       validation.json       validation (and held-out test) summary metrics
       bundle.json           format and package version, git commit, how to build
-                            the network, and the sha256 of every file above
+                            the network (and the grading head, when trained),
+                            and the sha256 of every file above
+
+:meth:`Bundle.build_network` rebuilds the segmentation network;
+:meth:`Bundle.build_model` the network with its grading head
+(:class:`~nxp2seg.models.myositis.GradingNet`), which segments and grades in one pass.
 
 :func:`write_bundle` writes into a temporary folder and renames it into place,
 so a bundle folder is complete or absent. :func:`load_bundle` checks the format
@@ -153,6 +158,7 @@ def write_bundle(
     preprocessing: Preprocessing,
     validation: Mapping[str, Any],
     network: Mapping[str, Any],
+    grader: Mapping[str, Any] | None = None,
     overwrite: bool = True,
 ) -> Path:
     """Write a model bundle to ``out`` and return its path.
@@ -166,6 +172,8 @@ def write_bundle(
         validation: summary metrics, e.g. ``{"val": {...}, "test": {...}}``.
         network: ``{"target": "nxp2seg.models.networks.build_dynunet", "kwargs": {...},
             "state_prefix": "net."}``: how :meth:`Bundle.build_network` rebuilds the network.
+        grader: the same for the grading head (``"state_prefix": "grader."``), or
+            ``None`` for a segmentation-only model.
     """
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
@@ -174,10 +182,10 @@ def write_bundle(
     if out.exists() and not overwrite:
         raise BundleError(f"{out} exists; choose another folder or pass overwrite=True")
     target = str(network.get("target", ""))
-    if not target.startswith(_ALLOWED_TARGET_PREFIX):
-        raise BundleError(
-            f"network target {target!r} must be a builder in {_ALLOWED_TARGET_PREFIX}*"
-        )
+    for what, spec in (("network", network), ("grader", grader or {"target": target})):
+        t = str(spec.get("target", ""))
+        if not t.startswith(_ALLOWED_TARGET_PREFIX):
+            raise BundleError(f"{what} target {t!r} must be a builder in {_ALLOWED_TARGET_PREFIX}*")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -206,6 +214,17 @@ def write_bundle(
                 "kwargs": dict(network.get("kwargs", {})),
                 "state_prefix": str(network.get("state_prefix", "")),
             },
+            **(
+                {
+                    "grader": {
+                        "target": str(grader["target"]),
+                        "kwargs": dict(grader.get("kwargs", {})),
+                        "state_prefix": str(grader.get("state_prefix", "grader.")),
+                    }
+                }
+                if grader is not None
+                else {}
+            ),
             "files": {
                 name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                 for name in BUNDLE_FILES
@@ -245,26 +264,58 @@ class Bundle:
     def grade_scale(self) -> Any:
         return self.dataset.grade_scale
 
-    def build_network(self, device: str | torch.device = "cpu") -> nn.Module:
-        """Rebuild the segmentation network and load its weights (strict), in eval mode."""
-        spec = self.manifest["network"]
+    @property
+    def has_grading(self) -> bool:
+        """Whether the bundle holds a trained grading head."""
+        return "grader" in self.manifest
+
+    def _build(self, what: str, device: str | torch.device) -> nn.Module:
+        spec = self.manifest[what]
         target = str(spec["target"])
         if not target.startswith(_ALLOWED_TARGET_PREFIX):
             raise BundleError(
-                f"{self.path / 'bundle.json'}: network target {target!r} is not an nxp2seg builder"
+                f"{self.path / 'bundle.json'}: {what} target {target!r} is not an nxp2seg builder"
             )
         module_name, _, fn_name = target.rpartition(".")
         try:
             builder = getattr(importlib.import_module(module_name), fn_name)
         except (ImportError, AttributeError) as e:
             raise BundleError(
-                f"{self.path}: this nxp2seg cannot build network {target!r} ({e}); upgrade nxp2seg"
+                f"{self.path}: this nxp2seg cannot build {what} {target!r} ({e}); upgrade nxp2seg"
             ) from None
-        net = builder(**spec["kwargs"])
+        module = builder(**spec["kwargs"])
         prefix = spec.get("state_prefix", "")
         state = {k[len(prefix) :]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
-        _load_strict(net, state, self.path)
-        return net.to(device).eval()
+        _load_strict(module, state, self.path)
+        return module.to(device).eval()
+
+    def build_network(self, device: str | torch.device = "cpu") -> nn.Module:
+        """Rebuild the segmentation network and load its weights (strict), in eval mode."""
+        return self._build("network", device)
+
+    def build_grader(self, device: str | torch.device = "cpu") -> nn.Module | None:
+        """Rebuild the grading head (weights loaded strictly), or ``None`` if the bundle has none."""
+        return self._build("grader", device) if self.has_grading else None
+
+    def build_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network with its grading head (if any), ready to segment and grade.
+
+        Returns:
+            :class:`~nxp2seg.models.myositis.GradingNet` in eval mode; its
+            :meth:`~nxp2seg.models.myositis.GradingNet.predict` takes
+            preprocessed volumes (``bundle.preprocessing``) and their stations.
+        """
+        from nxp2seg.models.myositis import GradingNet
+
+        prep = self.preprocessing
+        model = GradingNet(
+            self.build_network(device),
+            self.build_grader(device),
+            canvas_size=prep.canvas_size or prep.patch_size,
+            schema=self.schema,
+            grade_scale=self.grade_scale.name,
+        )
+        return model.to(device).eval()
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: Path) -> None:

@@ -2,7 +2,12 @@
 
 Thin by design: the network, the loss, the optimizer and the scheduler are
 injected (from config); no file I/O, no grading rules. Later heads (grading)
-extend :meth:`Segmenter.forward`'s output dict and the loss.
+extend :meth:`Segmenter.forward`'s output dict and the loss
+(:class:`nxp2seg.models.myositis.MyositisModel`).
+
+Cases without a label map: a batch may carry ``has_label`` ``(B,)``; samples
+with ``has_label == 0`` (graded cases with an empty stand-in label) are left
+out of the segmentation loss and of the segmentation metrics.
 
 Station masking: every batch carries ``allowed_labels`` ``(B, C)``, the label
 values the case's station may hold (from ``cases.csv``). Logits of the other
@@ -21,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-__all__ = ["Segmenter", "MASKED_LOGIT", "mask_logits"]
+__all__ = ["Segmenter", "MASKED_LOGIT", "mask_logits", "network_logits"]
 
 #: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
 MASKED_LOGIT = -1.0e4
@@ -40,6 +45,17 @@ def mask_logits(logits: torch.Tensor, allowed: torch.Tensor | None) -> torch.Ten
         *allowed.shape, *([1] * (logits.ndim - 2))
     )
     return logits.masked_fill(~keep, MASKED_LOGIT)
+
+
+def network_logits(
+    net: nn.Module, image: torch.Tensor, allowed_labels: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Run ``net`` and mask its logits to the case's station (see :meth:`Segmenter.forward`)."""
+    out = net(image)
+    if isinstance(out, torch.Tensor) and out.ndim == image.ndim + 1:  # DynUNet deep supervision
+        heads = [mask_logits(h, allowed_labels) for h in torch.unbind(out, dim=1)]
+        return {"logits": heads[0], "deep_logits": heads[1:]}
+    return {"logits": mask_logits(out, allowed_labels)}
 
 
 def _plain(x: Any) -> Any:
@@ -79,6 +95,9 @@ class Segmenter(pl.LightningModule):
         deep_supervision_decay: weight ratio of successive deep-supervision heads.
     """
 
+    #: ``__init__`` arguments kept out of the saved hyperparameters (modules, factories).
+    _hparams_ignore: tuple[str, ...] = ("net", "loss", "optimizer", "scheduler")
+
     def __init__(
         self,
         net: nn.Module,
@@ -95,7 +114,7 @@ class Segmenter(pl.LightningModule):
         deep_supervision_decay: float = 0.5,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=list(self._hparams_ignore), logger=False)
         # only plain values go into checkpoints (so they load with weights_only=True)
         for k in list(self.hparams):
             self.hparams[k] = _plain(self.hparams[k])
@@ -129,17 +148,36 @@ class Segmenter(pl.LightningModule):
             ``{"logits": (B, C, X, Y, Z)}``, plus ``"deep_logits"`` (list, coarser
             heads upsampled to full size) when the net returns deep supervision.
         """
-        out = self.net(image)
-        if isinstance(out, torch.Tensor) and out.ndim == image.ndim + 1:  # DynUNet deep supervision
-            heads = [mask_logits(h, allowed_labels) for h in torch.unbind(out, dim=1)]
-            return {"logits": heads[0], "deep_logits": heads[1:]}
-        return {"logits": mask_logits(out, allowed_labels)}
+        return network_logits(self.net, image, allowed_labels)
 
     def compute_loss(self, outputs: Mapping[str, Any], label: torch.Tensor) -> torch.Tensor:
         heads = [outputs["logits"], *outputs.get("deep_logits", [])]
         weights = [self.hparams.deep_supervision_decay**i for i in range(len(heads))]
         total = sum(w * self.loss(h, label) for w, h in zip(weights, heads))
         return total / sum(weights)
+
+    def segmentation_loss(
+        self, outputs: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """:meth:`compute_loss` over the samples that have a label map (``has_label``).
+
+        Without ``has_label`` in the batch every sample counts. With no labelled
+        sample the loss is an exact zero that keeps the graph.
+        """
+        has = batch.get("has_label")
+        if has is None:
+            return self.compute_loss(outputs, batch["label"])
+        keep = torch.as_tensor(has, device=outputs["logits"].device).reshape(-1) > 0.5
+        if bool(keep.all()):
+            return self.compute_loss(outputs, batch["label"])
+        if not bool(keep.any()):
+            return outputs["logits"].sum() * 0.0
+        idx = keep.nonzero().squeeze(1)
+        sub = {
+            "logits": outputs["logits"][idx],
+            "deep_logits": [h[idx] for h in outputs.get("deep_logits", [])],
+        }
+        return self.compute_loss(sub, batch["label"][idx.to(batch["label"].device)])
 
     @torch.no_grad()
     def infer(
@@ -162,7 +200,7 @@ class Segmenter(pl.LightningModule):
     # -- training ------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch["image"], batch.get("allowed_labels"))
-        loss = self.compute_loss(out, batch["label"])
+        loss = self.segmentation_loss(out, batch)
         self.log(
             "train/loss",
             loss,
@@ -201,11 +239,31 @@ class Segmenter(pl.LightningModule):
         return self._region_lut[lab].permute(0, 4, 1, 2, 3).float()
 
     def _eval_step(self, batch: Mapping[str, Any]) -> None:
+        logits = self.infer(batch["image"], batch.get("allowed_labels"))
+        self._score_segmentation(logits, batch)
+
+    def _score_segmentation(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> None:
+        """Accumulate Dice and HD of whole-volume ``logits`` ``(B, C, X, Y, Z)`` against
+        ``batch["label"]`` (samples with ``has_label == 0`` are skipped)."""
         from monai.metrics import DiceMetric, compute_hausdorff_distance
 
-        logits = self.infer(batch["image"], batch.get("allowed_labels"))
+        label = batch["label"]
+        has = batch.get("has_label")
+        if has is not None:
+            keep = torch.as_tensor(has).reshape(-1) > 0.5
+            n_skip = int((~keep).sum())
+            if n_skip:  # NaN rows (ignored by the means) keep case counts equal across DDP ranks
+                empty = torch.full((n_skip, len(self.region_labels)), float("nan"))
+                self._scores["dice"].append(empty)
+                if self.hparams.hd_percentile is not None:
+                    self._scores["hd"].append(empty.clone())
+            if not bool(keep.any()):
+                return
+            if n_skip:
+                idx = keep.nonzero().squeeze(1)
+                logits, label = logits[idx.to(logits.device)], label[idx.to(label.device)]
         pred = logits.argmax(dim=1, keepdim=True)
-        p, g = self._regions_onehot(pred), self._regions_onehot(batch["label"])
+        p, g = self._regions_onehot(pred), self._regions_onehot(label)
         if self._dice_metric is None:
             self._dice_metric = DiceMetric(
                 include_background=True, reduction="mean_batch", ignore_empty=True

@@ -1,0 +1,113 @@
+"""Validation agreement of the grading head with the readers' mean (pure functions).
+
+The statistics are :mod:`nxp2seg.stats.agreement`'s (reference-tested); this
+module only arranges the validation cases' arrays for them and names the
+logged keys. Every value is NaN when undefined on the cases at hand (e.g. an
+AUC when no validation region has the finding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nxp2seg.data.schema import FAT_SCALE, PATTERNS, GradeScale
+
+__all__ = ["GRADING_METRICS", "grading_metrics"]
+
+#: Keys :func:`grading_metrics` returns (logged as ``val/{key}``, ``test/{key}``).
+GRADING_METRICS: tuple[str, ...] = (
+    "edema_kappa_quadratic",
+    "edema_icc",
+    "edema_spearman",
+    "edema_mae",
+    "fat_kappa_quadratic",
+    "pattern_kappa",
+    "pattern_accuracy",
+    "fascial_auc",
+    "subcut_auc",
+    "station_score_icc",
+)
+
+
+def _flag_auc(truth_share: np.ndarray, prob: np.ndarray) -> float:
+    from nxp2seg.stats.agreement import roc_auc
+
+    t, p = truth_share.ravel(), prob.ravel()
+    keep = np.isfinite(t) & np.isfinite(p)
+    # a finding is present when at least half of the readers saw it (half up, as for grades)
+    return roc_auc((t[keep] >= 0.5).astype(int), p[keep])
+
+
+def grading_metrics(
+    scale: GradeScale,
+    edema: np.ndarray,
+    edema_target: np.ndarray,
+    fat: np.ndarray,
+    fat_target: np.ndarray,
+    fascial_prob: np.ndarray,
+    fascial_target: np.ndarray,
+    subcut_prob: np.ndarray,
+    subcut_target: np.ndarray,
+    pattern_prob: np.ndarray,
+    pattern_index: np.ndarray,
+) -> dict[str, float]:
+    """Agreement of the model with the readers' mean over a set of cases.
+
+    Args:
+        scale: the edema grade scale (kappa labels ``0..max_grade``).
+        edema, edema_target: ``(N, R)`` model grades and rater means (NaN = not graded).
+        fat, fat_target: ``(N, R)`` on ``0..4``.
+        fascial_prob, fascial_target: ``(N, R)`` probability; share of readers (0..1).
+        subcut_prob, subcut_target: likewise for subcutaneous edema.
+        pattern_prob: ``(N, 4)`` probabilities; pattern_index ``(N,)`` readers'
+            majority pattern (``-1`` = none given).
+
+    Returns:
+        :data:`GRADING_METRICS`: quadratic-weighted kappa of the integer grades
+        (model rounded vs rounded rater mean, half up), ICC(2,1) absolute
+        agreement, Spearman and mean absolute error of the continuous grades,
+        unweighted kappa and accuracy of the pattern (argmax vs majority), ROC
+        AUC of the flags (present = at least half of the readers), and the
+        ICC(2,1) of the station score (sum of the regions' grades; cases with
+        every region graded).
+    """
+    from nxp2seg.grading import integer_grade, station_score
+    from nxp2seg.stats.agreement import cohen_kappa, icc, spearman
+
+    e, et = np.asarray(edema, float), np.asarray(edema_target, float)
+    graded = np.isfinite(et)
+    pred_int = integer_grade(np.where(np.isfinite(e), e, np.nan), scale)
+    true_int = integer_grade(et, scale)
+    out: dict[str, float] = {}
+    labels = np.arange(scale.n_levels)
+    out["edema_kappa_quadratic"] = cohen_kappa(
+        pred_int[graded], true_int[graded], weights="quadratic", labels=labels
+    )
+    out["edema_icc"] = float(icc(np.column_stack([e[graded], et[graded]]))["icc"])
+    out["edema_spearman"] = float(spearman(e[graded], et[graded])["r"])
+    out["edema_mae"] = float(np.abs(e[graded] - et[graded]).mean()) if graded.any() else math.nan
+    f, ft = np.asarray(fat, float), np.asarray(fat_target, float)
+    fg = np.isfinite(ft)
+    out["fat_kappa_quadratic"] = cohen_kappa(
+        integer_grade(f[fg], FAT_SCALE),
+        integer_grade(ft[fg], FAT_SCALE),
+        weights="quadratic",
+        labels=np.arange(FAT_SCALE.n_levels),
+    )
+    pi = np.asarray(pattern_index).astype(int).ravel()
+    rated = pi >= 0
+    pred_pattern = np.asarray(pattern_prob, float).argmax(axis=-1)
+    out["pattern_kappa"] = cohen_kappa(
+        pred_pattern[rated], pi[rated], labels=np.arange(len(PATTERNS))
+    )
+    out["pattern_accuracy"] = (
+        float((pred_pattern[rated] == pi[rated]).mean()) if rated.any() else math.nan
+    )
+    out["fascial_auc"] = _flag_auc(np.asarray(fascial_target, float), np.asarray(fascial_prob))
+    out["subcut_auc"] = _flag_auc(np.asarray(subcut_target, float), np.asarray(subcut_prob))
+    truth_score = station_score(et)  # NaN where a region is not graded
+    pred_score = station_score(e)
+    out["station_score_icc"] = float(icc(np.column_stack([pred_score, truth_score]))["icc"])
+    return {k: float(out[k]) for k in GRADING_METRICS}
