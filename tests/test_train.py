@@ -299,3 +299,20 @@ def test_datamodule_splits_by_subject_and_skips_unlabelled(tmp_path):
             and bool(row[7]) == (station == "calf")
             and bool(row[15])
         )
+
+
+def test_lr_swap_count_by_hand():
+    """A right region predicted as its left twin counts once; a correct one not at all."""
+    from torch import nn
+
+    from nxp2seg.models.segmenter import Segmenter
+
+    seg = Segmenter(
+        net=nn.Identity(), loss=nn.Identity(), optimizer=torch.optim.SGD,
+        region_labels={"a_right": [1], "a_left": [2], "bone": [3]},
+    )
+    truth = torch.tensor([1, 1, 1, 2, 2, 3]).reshape(1, 1, 6, 1, 1)
+    pred = torch.tensor([2, 2, 1, 2, 2, 3]).reshape(1, 1, 6, 1, 1)  # 2 of 3 right voxels called left
+    g, p = seg._regions_onehot(truth), seg._regions_onehot(pred)
+    assert seg._count_lr_swaps(p, g).tolist() == [[1.0]]
+    assert seg._count_lr_swaps(g, g).tolist() == [[0.0]]

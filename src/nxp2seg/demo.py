@@ -7,7 +7,7 @@
 3. summarise it (cases, subjects, reader agreement, pattern counts) and draw
    the phantom figure,
 4. train the model on its training subjects (``python -m nxp2seg.train``,
-   about 12 minutes on 2 CPU cores) and score the held-out test subjects,
+   about 14 minutes on 2 CPU cores) and score the held-out test subjects,
 
 and print where everything is. ``train=false`` stops after step 3; any
 ``train.KEY=VALUE`` is passed to the trainer as ``KEY=VALUE`` (e.g.

@@ -134,6 +134,17 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _lr_permutation(datamodule: Any) -> list[int] | None:
+    """Output channel -> its right/left twin (identity for unsided labels); None if not mirrorable."""
+    from nxp2seg.data.transforms import lr_swap_lut
+
+    try:
+        lut = lr_swap_lut(datamodule.schema)
+    except ValueError:
+        return None
+    return [int(v) for v in lut[: datamodule.num_classes]]
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
 
@@ -196,6 +207,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         mean_regions=list(datamodule.schema.regions),
         patch_size=list(prep.patch_size),
         spacing=list(prep.target_spacing),
+        lr_permutation=_lr_permutation(datamodule),
+        laterality_channel=len(prep.channels) if prep.laterality else None,
         **extra,
     )
 
@@ -220,6 +233,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    score = getattr(ckpt_cb, "best_model_score", None) if best else None
     if best:
         state = torch.load(best, map_location="cpu", weights_only=weights_only)["state_dict"]
         model.load_state_dict(state)
@@ -234,7 +248,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "epoch": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
     }
-    if cfg.get("validate_best", True) and not trainer.fast_dev_run:
+    last_val = metrics.get("val/dice_mean")
+    best_is_last = (
+        score is not None and last_val is not None and math.isclose(float(score), float(last_val), rel_tol=1e-9)
+    ) if best else False
+    if cfg.get("validate_best", True) and not trainer.fast_dev_run and not best_is_last:
         metrics.update(
             _floats(trainer.validate(model=model, datamodule=datamodule, verbose=False)[0])
         )

@@ -93,6 +93,12 @@ class Segmenter(pl.LightningModule):
         inference: ``{sw_batch_size, overlap, mode}`` of ``sliding_window_inference``.
         hd_percentile: percentile of the Hausdorff distance (95), ``None`` skips it.
         deep_supervision_decay: weight ratio of successive deep-supervision heads.
+        lr_permutation: for each output channel, the channel of its right/left twin
+            (``*_right`` <-> ``*_left``; others map to themselves). With
+            ``inference.flip_tta`` the volume is also predicted mirrored and the
+            two predictions averaged (channels swapped back with this permutation).
+        laterality_channel: input channel holding the laterality map (negated
+            in the mirrored pass), ``None`` if there is none.
     """
 
     #: ``__init__`` arguments kept out of the saved hyperparameters (modules, factories).
@@ -112,6 +118,8 @@ class Segmenter(pl.LightningModule):
         inference: Mapping[str, Any] | None = None,
         hd_percentile: float | None = 95.0,
         deep_supervision_decay: float = 0.5,
+        lr_permutation: Sequence[int] | None = None,
+        laterality_channel: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=list(self._hparams_ignore), logger=False)
@@ -135,7 +143,7 @@ class Segmenter(pl.LightningModule):
             **dict(_plain(inference) or {}),
         }
         self._region_lut: torch.Tensor | None = None
-        self._scores: dict[str, list[torch.Tensor]] = {"dice": [], "hd": []}
+        self._scores: dict[str, list[torch.Tensor]] = {"dice": [], "hd": [], "swaps": []}
         self._dice_metric: Any = None
 
     # -- model ---------------------------------------------------------------------
@@ -187,15 +195,37 @@ class Segmenter(pl.LightningModule):
         from monai.inferers import sliding_window_inference
 
         cfg = self.inference_cfg
-        logits = sliding_window_inference(
-            image,
-            roi_size=list(self.hparams.patch_size),
-            sw_batch_size=int(cfg["sw_batch_size"]),
-            predictor=lambda x: self(x)["logits"],
-            overlap=float(cfg["overlap"]),
-            mode=str(cfg["mode"]),
-        )
+
+        def window(x: torch.Tensor) -> torch.Tensor:
+            return sliding_window_inference(
+                x,
+                roi_size=list(self.hparams.patch_size),
+                sw_batch_size=int(cfg["sw_batch_size"]),
+                predictor=lambda v: self(v)["logits"],
+                overlap=float(cfg["overlap"]),
+                mode=str(cfg["mode"]),
+            )
+
+        logits = window(image)
+        perm = self.hparams.get("lr_permutation")
+        if cfg.get("flip_tta") and perm is not None:
+            logits = 0.5 * (logits + self._mirrored(window, image, perm))
         return mask_logits(logits, allowed_labels)
+
+    def _mirrored(self, window: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, perm) -> torch.Tensor:
+        """Logits of the left-right mirrored volume, mapped back to the original patient.
+
+        Volumes are in the canonical (RAS) orientation, so spatial axis 0 runs left-right.
+        The mirror of a patient is a patient whose right leg is the former left one:
+        the laterality channel is negated and the right/left output channels swapped.
+        """
+        flipped = torch.flip(image, dims=(2,))
+        lat = self.hparams.get("laterality_channel")
+        if lat is not None and flipped.shape[1] > int(lat):
+            flipped[:, int(lat)] = -flipped[:, int(lat)]
+        out = torch.flip(window(flipped), dims=(2,))
+        index = torch.as_tensor(list(perm), device=out.device, dtype=torch.long)
+        return out.index_select(1, index)
 
     # -- training ------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -255,6 +285,7 @@ class Segmenter(pl.LightningModule):
             if n_skip:  # NaN rows (ignored by the means) keep case counts equal across DDP ranks
                 empty = torch.full((n_skip, len(self.region_labels)), float("nan"))
                 self._scores["dice"].append(empty)
+                self._scores["swaps"].append(torch.full((n_skip, 1), float("nan")))
                 if self.hparams.hd_percentile is not None:
                     self._scores["hd"].append(empty.clone())
             if not bool(keep.any()):
@@ -269,6 +300,7 @@ class Segmenter(pl.LightningModule):
                 include_background=True, reduction="mean_batch", ignore_empty=True
             )
         self._scores["dice"].append(self._dice_metric(p, g).detach().cpu())
+        self._scores["swaps"].append(self._count_lr_swaps(p, g).cpu())
         if self.hparams.hd_percentile is not None:
             spacing = [float(s) for s in self.hparams.spacing]
             with warnings.catch_warnings():
@@ -287,8 +319,24 @@ class Segmenter(pl.LightningModule):
                 torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd).cpu()
             )
 
+    def _count_lr_swaps(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Per case, the number of true sided regions mostly predicted as the other side.
+
+        ``p``, ``g``: ``(B, R, X, Y, Z)`` region one-hots. A region ``*_right`` is
+        swapped when more than half of its true voxels carry a ``*_left`` region
+        (and the reverse); see :func:`nxp2seg.stats.segmentation.lr_swaps`.
+        """
+        names = list(self.region_labels)
+        side = torch.tensor([1 if n.endswith("_right") else 2 if n.endswith("_left") else 0 for n in names])
+        opposite = (side[:, None] > 0) & (side[None, :] == (3 - side)[:, None])  # (R_true, R_pred)
+        overlap = torch.einsum("brxyz,boxyz->bro", g, p)  # true region r predicted as region o
+        other = (overlap * opposite.to(overlap)).sum(-1)
+        size = g.sum(dim=(2, 3, 4))
+        swapped = (other > 0.5 * size) & (size > 0) & (side > 0).to(size.device)
+        return swapped.sum(dim=1, keepdim=True).float()
+
     def _reset_scores(self) -> None:
-        self._scores = {"dice": [], "hd": []}
+        self._scores = {"dice": [], "hd": [], "swaps": []}
         if self._dice_metric is not None:
             self._dice_metric.reset()
 
@@ -316,6 +364,9 @@ class Segmenter(pl.LightningModule):
             vals = vals[~torch.isnan(vals)]
             if len(vals):
                 metrics[f"{stage}/{prefix}_mean"] = float(vals.mean())
+        swaps = self._gather("swaps")
+        if swaps is not None:
+            metrics[f"{stage}/lr_swaps"] = float(torch.nansum(swaps))
         if metrics:
             self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         self._reset_scores()
