@@ -6,7 +6,8 @@ printing its path. Overrides select data, model, trainer, experiment::
 
     python -m nxp2seg.train data.cohort=/data/COHORT trainer=gpu
     python -m nxp2seg.train experiment=smoke
-    python -m nxp2seg.train grading=head          # segmentation + grading head
+    python -m nxp2seg.train grading=head          # segmentation + grading head, trained jointly
+    python -m nxp2seg.train grading=staged        # ... the head trained after, on frozen features
     python -m nxp2seg.train ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
 
 :func:`train` is a plain function of the composed config (tests call it);
@@ -24,7 +25,15 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["train", "main", "build_network", "build_grader", "grading_enabled", "summarize_metrics"]
+__all__ = [
+    "train",
+    "main",
+    "build_network",
+    "build_grader",
+    "grading_enabled",
+    "grading_mode",
+    "summarize_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +75,34 @@ def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]
     }
 
 
+def grading_mode(cfg: DictConfig) -> str:
+    """``none`` (segmentation only), ``joint`` (``grading=head``: the head trains with the
+    segmenter on whole cases) or ``staged`` (``grading=staged``: ``grading_stage.enabled``,
+    the head trains after the segmenter on frozen features)."""
+    has_head = cfg.model.get("grading") is not None
+    if bool((cfg.get("grading_stage") or {}).get("enabled", False)):
+        if not has_head:
+            raise ValueError(
+                "grading_stage.enabled needs the head's config in model.grading: use grading=staged"
+            )
+        return "staged"
+    return "joint" if has_head else "none"
+
+
 def grading_enabled(cfg: DictConfig) -> bool:
-    """Whether the config asks for the grading head (``model.grading`` set)."""
-    return cfg.model.get("grading") is not None
+    """Whether the LightningModule carries the grading head while fitting (``joint`` mode)."""
+    return grading_mode(cfg) == "joint"
 
 
-def build_grader(cfg: DictConfig, datamodule: Any, net: Any) -> tuple[Any, dict[str, Any]]:
+def build_grader(
+    cfg: DictConfig, datamodule: Any, net: Any, **overrides: Any
+) -> tuple[Any, dict[str, Any]]:
     """Build ``cfg.model.grading`` for the network and the cohort.
 
     Runtime arguments: ``feature_channels`` (the network's last decoder width),
     ``spacing`` (target spacing), ``max_grade`` (the cohort's edema scale,
-    ``dataset.json`` ``grade_scale``) and ``n_regions`` (region slots per station).
+    ``dataset.json`` ``grade_scale``) and ``n_regions`` (region slots per station);
+    ``overrides`` replace config values (the grading stage: ``learn_thresholds=False``).
 
     Returns:
         ``(grader, spec)``; ``spec`` (``target``, ``kwargs``, ``state_prefix``)
@@ -92,6 +118,7 @@ def build_grader(cfg: DictConfig, datamodule: Any, net: Any) -> tuple[Any, dict[
         "spacing": [float(s) for s in datamodule.preprocessing.target_spacing],
         "max_grade": int(datamodule.grade_scale.max_grade),
         "n_regions": int(datamodule.n_regions),
+        **overrides,
     }
     grader = hydra.utils.instantiate(cfg.model.grading)(**runtime)
     kwargs = {
@@ -145,6 +172,58 @@ def _lr_permutation(datamodule: Any) -> list[int] | None:
     return [int(v) for v in lut[: datamodule.num_classes]]
 
 
+def run_grading_stage(
+    cfg: DictConfig,
+    datamodule: Any,
+    model: Any,
+    fast_dev_run: bool = False,
+    device: Any = None,
+) -> tuple[dict[str, Any], Any]:
+    """The frozen-feature grading stage (``grading=staged``) on the fitted ``model``.
+
+    Builds the head from ``model.grading`` with fixed thresholds, trains it on the
+    region features of the frozen network (:func:`nxp2seg.models.grading_stage.run_grading_stage`)
+    and attaches it to ``model`` (``grader.*`` in the bundle). ``fast_dev_run``: one epoch.
+    ``device``: where to run it (Lightning leaves the model on the CPU after fitting;
+    default: where the model is).
+
+    Returns:
+        ``(grader_spec, result)``: the bundle's ``grader`` entry and the
+        :class:`~nxp2seg.models.grading_stage.StageResult`.
+    """
+    import dataclasses
+
+    import torch
+
+    from nxp2seg.models import grading_stage as stage
+
+    options = stage.StageOptions.from_mapping(
+        OmegaConf.to_container(cfg.grading_stage, resolve=True)
+    )
+    if fast_dev_run:
+        options = dataclasses.replace(options, epochs=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(options.seed))
+        grader, spec = build_grader(cfg, datamodule, model.net, learn_thresholds=False)
+    if device is not None:
+        model.to(device)
+    grader = grader.to(next(model.net.parameters()).device)
+    prep = datamodule.preprocessing
+    result = stage.run_grading_stage(
+        model.net,
+        grader,
+        datamodule,
+        options,
+        model.loss_weights,
+        model.regression,
+        model.beta,
+        canvas_size=list(prep.canvas_size or prep.patch_size),
+        size_divisor=model.size_divisor,
+    )
+    model.attach_grader(grader)
+    return spec, result
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
 
@@ -152,13 +231,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     subject, plans preprocessing); network for that plan; module; callbacks,
     loggers, trainer; fit (resuming from ``cfg.ckpt_path`` restores optimizer,
     scheduler and loop state); load the best checkpoint's weights; validate
-    them and score the held-out test subjects; write the bundle to ``cfg.bundle_dir``.
+    them and score the held-out test subjects; with ``grading=staged``, train the grading
+    head on the frozen network's features (:func:`run_grading_stage`); write the bundle
+    to ``cfg.bundle_dir``.
 
     Returns:
         ``(metrics, objects)``: the last logged metrics (``train/loss``,
         ``val/dice_mean``, ``test/dice_mean``, ...) as floats, and ``cfg``,
         ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``,
-        ``bundle_dir``, ``validation``.
+        ``bundle_dir``, ``validation``, ``grading_stage`` (the
+        :class:`~nxp2seg.models.grading_stage.StageResult` with ``grading=staged``, else ``None``).
     """
     import pytorch_lightning as pl
     import torch
@@ -175,7 +257,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     log.info("data <%s>", cfg.data._target_)
-    grading = grading_enabled(cfg)
+    mode = grading_mode(cfg)
+    grading = mode == "joint"
     data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": grading}
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     datamodule.prepare_data()
@@ -190,7 +273,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     net, net_spec = build_network(cfg, datamodule)
     grader, grader_spec = build_grader(cfg, datamodule, net) if grading else (None, None)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"grading": None} if mode == "staged" else {}
     if grading:
         from nxp2seg.models.myositis import size_divisor_of
 
@@ -261,6 +344,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics.update(_floats(trainer.test(model=model, datamodule=datamodule, verbose=False)[0]))
         validation["test"] = summarize_metrics(metrics, "test")
     validation["data"] = datamodule.describe()
+    stage_result = None
+    if mode == "staged" and trainer.is_global_zero:
+        grader_spec, stage_result = run_grading_stage(
+            cfg,
+            datamodule,
+            model,
+            fast_dev_run=bool(trainer.fast_dev_run),
+            device=trainer.strategy.root_device,
+        )
+        for split, values in stage_result.metrics.items():
+            validation.setdefault(split, {}).update(values)
+            metrics.update({f"{split}/{k}": v for k, v in values.items()})
+        validation["grading_stage"] = stage_result.summary
 
     bundle_dir = Path(cfg.get("bundle_dir") or output_dir / "bundle")
     if trainer.is_global_zero:
@@ -278,7 +374,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
         summary = {k: validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
         print(f"nxp2seg: dice_mean {json.dumps(summary)}")
-        if grading:
+        if mode != "none":
             keys = ("edema_kappa_quadratic", "edema_icc", "pattern_kappa", "station_score_icc")
             graded = {k: {m: validation.get(k, {}).get(m) for m in keys} for k in ("val", "test")}
             print(f"nxp2seg: grading {json.dumps(graded)}")
@@ -291,6 +387,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "loggers": loggers,
         "bundle_dir": bundle_dir,
         "validation": validation,
+        "grading_stage": stage_result,
     }
     return metrics, objects
 

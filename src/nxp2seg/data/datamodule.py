@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 
+from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.cohort import Cohort
 from nxp2seg.data.preprocessing import (
     PlanOptions,
@@ -154,18 +155,6 @@ def _is_graded(targets: Mapping[str, Any]) -> bool:
     )
 
 
-def _plain(x: Any) -> Any:
-    """DictConfig/ListConfig -> dict/list (Hydra passes config nodes unless told otherwise)."""
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(x):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return x
-
-
 class CohortDataModule(pl.LightningDataModule):
     """Train/val/test data of one cohort for the segmenter.
 
@@ -253,6 +242,8 @@ class CohortDataModule(pl.LightningDataModule):
         self.cohort: Cohort | None = None
         self.preprocessing: Preprocessing | None = None
         self.splits: dict[str, list[str]] = {}
+        #: every case of each split before cases are left out (no mask, no grades)
+        self.subject_splits: dict[str, list[str]] = {}
         self.excluded: dict[str, list[str]] = {}
         self.targets: dict[str, dict[str, Any]] = {}
         self.hidden_masks: set[str] = set()
@@ -366,6 +357,7 @@ class CohortDataModule(pl.LightningDataModule):
             int(self.split_cfg["seed"]),
             tuple(self.split_cfg["holdout"]),
         )
+        self.subject_splits = {k: list(v) for k, v in self.splits.items()}
         self.hidden_masks = _hidden_masks(
             cases,
             [c for c in self.splits["train"] if cohort.has_label(c)],
@@ -374,11 +366,7 @@ class CohortDataModule(pl.LightningDataModule):
         )
         unlabelled = {c for c in cohort.case_ids if not self.has_mask(c)}
         if self.grading:
-            stations = dict(zip(cases["case_id"].astype(str), cases["station"].astype(str)))
-            n_region_slots(self.schema)  # both stations must have the same slots
-            self.targets = case_targets(
-                cohort.grades, cohort.patterns, self.schema, self.grade_scale, stations
-            )
+            self.grade_targets()
             ungraded = {c for c in unlabelled if not _is_graded(self.targets[c])}
             self.excluded = {"no_label_no_grades": sorted(ungraded)}
             drop = ungraded
@@ -425,7 +413,43 @@ class CohortDataModule(pl.LightningDataModule):
                 )
             self.preprocessing = prep
 
-    def _items(self, case_ids: Sequence[str]) -> list[dict[str, Any]]:
+    def grade_targets(self) -> dict[str, dict[str, Any]]:
+        """The readers' targets of every case (:func:`~nxp2seg.data.regions.case_targets`), once."""
+        if not self.targets:
+            cohort = self._open()
+            cases = cohort.cases
+            stations = dict(zip(cases["case_id"].astype(str), cases["station"].astype(str)))
+            n_region_slots(self.schema)  # both stations must have the same slots
+            self.targets = case_targets(
+                cohort.grades, cohort.patterns, self.schema, self.grade_scale, stations
+            )
+        return self.targets
+
+    def graded_cases(self, stage: str) -> list[str]:
+        """Cases of split ``stage`` that the readers graded, with or without a mask (table order).
+
+        Unlike :attr:`splits` this does not depend on ``grading``: a segmentation-only
+        run (patch sampling) leaves unlabelled cases out of ``splits``, but a grading
+        stage after it (:mod:`nxp2seg.models.grading_stage`) learns from them.
+        """
+        self._plan()
+        targets = self.grade_targets()
+        return [c for c in self.subject_splits.get(stage, []) if _is_graded(targets[c])]
+
+    def grading_items(self, stage: str) -> list[dict[str, Any]]:
+        """Whole-case items of :meth:`graded_cases` with their targets and region slots.
+
+        The items of :meth:`_items` with grading on: ``t1``, ``stir``, ``label``
+        (only where :meth:`has_mask`), ``case_id``, ``subject_id``, ``station``,
+        ``allowed_labels``, the readers' targets, ``region_membership``,
+        ``subcut_membership``, ``station_index``, ``lr_perm``. Feed them to
+        :func:`~nxp2seg.data.transforms.preprocess_transforms` (or
+        :func:`~nxp2seg.data.transforms.eval_transforms` with ``optional_label``).
+        """
+        return self._items(self.graded_cases(stage), grading=True)
+
+    def _items(self, case_ids: Sequence[str], grading: bool | None = None) -> list[dict[str, Any]]:
+        grading = self.grading if grading is None else bool(grading)
         cohort = self._open()
         table = cohort.cases.set_index(cohort.cases["case_id"].astype(str))
         items = []
@@ -440,16 +464,16 @@ class CohortDataModule(pl.LightningDataModule):
                 "station": station,
                 "allowed_labels": self.allowed_labels(station),
             }
-            if (self.mode == "whole" or self.grading) and not self.has_mask(cid):
+            if (self.mode == "whole" or grading) and not self.has_mask(cid):
                 del item["label"]  # EnsureLabeld gives it an empty one and has_label 0
-            if self.grading:
+            if grading:
                 item.update(self._grading_item(cid, station))
             items.append(item)
         return items
 
     def _grading_item(self, case_id: str, station: str) -> dict[str, Any]:
         """Targets and region slots of one case (see the module docstring)."""
-        t = self.targets[case_id]
+        t = self.grade_targets()[case_id]
         return {
             **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in t.items()},
             "region_membership": region_membership(self.schema, station, self.num_classes),

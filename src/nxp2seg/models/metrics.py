@@ -8,13 +8,16 @@ AUC when no validation region has the finding).
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 
 from nxp2seg.data.schema import FAT_SCALE, PATTERNS, GradeScale
 
-__all__ = ["GRADING_METRICS", "grading_metrics"]
+__all__ = ["GRADING_METRICS", "grading_metrics", "rater_edema_kappa"]
 
 #: Keys :func:`grading_metrics` returns (logged as ``val/{key}``, ``test/{key}``).
 GRADING_METRICS: tuple[str, ...] = (
@@ -111,3 +114,49 @@ def grading_metrics(
     pred_score = station_score(e)
     out["station_score_icc"] = float(icc(np.column_stack([pred_score, truth_score]))["icc"])
     return {k: float(out[k]) for k in GRADING_METRICS}
+
+
+def rater_edema_kappa(
+    grades: pd.DataFrame, scale: GradeScale, case_ids: Iterable[str] | None = None
+) -> float:
+    """Quadratic-weighted kappa of the readers' edema grades with each other, on the same regions.
+
+    The reference a model's kappa against the rater mean is read against
+    (issue: no more than 0.05 below it). Each pair of raters is compared on
+    the regions both graded (integer grades, labels ``0..max_grade``); with
+    more than two raters, the mean over the pairs.
+
+    Args:
+        grades: ``grades.csv`` (long: ``case_id``, ``rater``, ``region``, ``edema_grade``).
+        scale: the edema grade scale.
+        case_ids: the cases to compare on (default: all).
+
+    Returns:
+        The kappa, NaN with fewer than two raters or no region graded twice.
+    """
+    from nxp2seg.grading import integer_grade
+    from nxp2seg.stats.agreement import cohen_kappa
+
+    g = grades[["case_id", "rater", "region", "edema_grade"]].copy()
+    g["case_id"] = g["case_id"].astype(str)
+    if case_ids is not None:
+        g = g[g["case_id"].isin({str(c) for c in case_ids})]
+    g = g[np.isfinite(pd.to_numeric(g["edema_grade"], errors="coerce"))]
+    wide = g.pivot_table(
+        index=["case_id", "region"], columns="rater", values="edema_grade", aggfunc="mean"
+    )
+    labels = np.arange(scale.n_levels)
+    kappas = []
+    for a, b in itertools.combinations(wide.columns, 2):
+        pair = wide[[a, b]].dropna().to_numpy(float)
+        if len(pair):
+            kappas.append(
+                cohen_kappa(
+                    integer_grade(pair[:, 0], scale),
+                    integer_grade(pair[:, 1], scale),
+                    weights="quadratic",
+                    labels=labels,
+                )
+            )
+    kappas = [k for k in kappas if np.isfinite(k)]
+    return float(np.mean(kappas)) if kappas else math.nan

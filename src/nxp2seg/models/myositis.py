@@ -196,6 +196,21 @@ class MyositisModel(Segmenter):
     def grading_enabled(self) -> bool:
         return self.grader is not None
 
+    def attach_grader(self, grader: nn.Module) -> None:
+        """Add a grader trained apart from this module (the frozen-feature grading stage,
+        :mod:`nxp2seg.models.grading_stage`), so that ``forward`` grades and the state
+        dict holds it under ``grader.*`` as a jointly trained one would."""
+        top = float(getattr(grader, "max_grade", self.grade_scale.max_grade))
+        if top != self.grade_scale.max_grade:
+            raise ValueError(
+                f"the grader's range 0..{top:g} does not match the grade scale "
+                f"{self.grade_scale.name} (0..{self.grade_scale.max_grade})"
+            )
+        if self._tap is not None:
+            self._tap.remove()
+        self.grader = grader
+        self._tap = FeatureTap(self.net)
+
     # -- model ---------------------------------------------------------------------
     def forward(
         self,

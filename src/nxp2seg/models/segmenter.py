@@ -26,6 +26,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from nxp2seg.config_utils import to_plain as _plain
+
 __all__ = ["Segmenter", "MASKED_LOGIT", "mask_logits", "network_logits"]
 
 #: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
@@ -56,23 +58,6 @@ def network_logits(
         heads = [mask_logits(h, allowed_labels) for h in torch.unbind(out, dim=1)]
         return {"logits": heads[0], "deep_logits": heads[1:]}
     return {"logits": mask_logits(out, allowed_labels)}
-
-
-def _plain(x: Any) -> Any:
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(x):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, torch.Tensor):  # numpy scalars
-        return x.item()
-    return x
 
 
 class Segmenter(pl.LightningModule):

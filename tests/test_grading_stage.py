@@ -1,0 +1,324 @@
+"""Grading stage on frozen features (``grading=staged``): end to end after a smoke fit, the
+bundle round trip, no gradient into (and no change to) the network, cases without masks,
+mirrored copies, options and the readers' own kappa."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose_train
+
+from nxp2seg.models.metrics import GRADING_METRICS
+
+STAGE_EPOCHS = 40
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def phantom4(tmp_path_factory):
+    """A tiny phantom cohort: 4 subjects (one held out), readers A and B."""
+    from nxp2seg.phantom import generate_cohort
+
+    return generate_cohort(
+        tmp_path_factory.mktemp("phantom") / "c4", subjects=4, preset="tiny", seed=0, workers=1
+    )
+
+
+def _overrides(cohort, out, *extra):
+    return [
+        "experiment=smoke",
+        "grading=staged",
+        f"data.cohort={cohort}",
+        f"output_dir={out / 'run'}",
+        f"paths.cache_dir={out / 'cache'}",
+        f"paths.root_dir={out}",
+        "data.loader.verify_images=false",
+        f"grading_stage.epochs={STAGE_EPOCHS}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def staged_run(phantom4, tmp_path_factory):
+    """One smoke segmentation fit followed by the grading stage (shared by the tests below)."""
+    from nxp2seg.train import train
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = compose_train(_overrides(phantom4, tmp_path_factory.mktemp("staged")))
+        metrics, objects = train(cfg)
+    finally:
+        torch.set_num_threads(n)
+    return metrics, objects
+
+
+def _stage_inputs(cohort, *extra):
+    """Data module and an untrained network of the smoke config, without fitting (fast)."""
+    from hydra.utils import instantiate
+
+    from nxp2seg.train import build_grader, build_network
+
+    cfg = compose_train(_overrides(cohort, cohort.parent / "unused", *extra))
+    dm = instantiate(cfg.data, grading=False)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    net, _ = build_network(cfg, dm)
+    grader, _ = build_grader(cfg, dm, net, learn_thresholds=False)
+    return cfg, dm, net, grader
+
+
+def _run_stage(dm, net, grader, **options):
+    from nxp2seg.models.grading_stage import StageOptions, run_grading_stage
+    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
+    from nxp2seg.models.myositis import size_divisor_of
+
+    prep = dm.preprocessing
+    return run_grading_stage(
+        net,
+        grader,
+        dm,
+        StageOptions(**{"enabled": True, "epochs": 3, **options}),
+        DEFAULT_LOSS_WEIGHTS,
+        canvas_size=list(prep.canvas_size or prep.patch_size),
+        size_divisor=size_divisor_of(net),
+    )
+
+
+# -- end to end -------------------------------------------------------------------
+
+
+def test_config_selects_the_staged_mode():
+    from nxp2seg.train import grading_mode
+
+    staged = compose_train(["grading=staged"])
+    assert grading_mode(staged) == "staged"
+    assert staged.grading_stage.enabled and staged.model.grading.learn_thresholds is False
+    assert staged.model.grading_loss.weights.edema == 1.0  # the head's own config, reused
+    assert grading_mode(compose_train(["grading=head"])) == "joint"
+    assert grading_mode(compose_train([])) == "none"
+    with pytest.raises(ValueError, match="grading=staged"):
+        grading_mode(compose_train(["grading_stage.enabled=true"]))
+
+
+def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
+    from nxp2seg.models.bundle import load_bundle
+
+    metrics, objects = staged_run
+    dm, model = objects["datamodule"], objects["model"]
+    assert dm.mode == "patch" and not dm.grading  # the segmenter trained as without grading
+    validation = json.loads((objects["bundle_dir"] / "validation.json").read_text())
+    for split in ("val", "test"):
+        block = validation[split]
+        assert "dice_mean" in block  # the segmentation summary is still there
+        for key in (*GRADING_METRICS, "edema_kappa_quadratic_rater_vs_rater"):
+            assert key in block, (split, key)
+        assert np.isfinite(block["edema_icc"]) and np.isfinite(block["grading_loss"])
+        assert -1.0 <= block["edema_kappa_quadratic_rater_vs_rater"] <= 1.0
+        np.testing.assert_equal(
+            metrics[f"{split}/edema_kappa_quadratic"], block["edema_kappa_quadratic"]
+        )
+    stage = validation["grading_stage"]
+    assert stage["n_cases"] == {k: len(dm.graded_cases(k)) for k in ("train", "val", "test")}
+    assert stage["n_train_mirrored"] == 0  # mirror is off by default
+    assert stage["epochs_run"] == STAGE_EPOCHS and 0 <= stage["best_epoch"] < STAGE_EPOCHS
+    assert stage["seconds"]["extract"] > 0 and stage["seconds"]["fit"] > 0
+    # the head sits in the model and the bundle like a jointly trained one
+    assert model.grading_enabled and not any(
+        p.requires_grad for p in model.grader.features.parameters()
+    )
+    bundle = load_bundle(objects["bundle_dir"])
+    assert bundle.has_grading and bundle.manifest["grader"]["kwargs"]["learn_thresholds"] is False
+    keys = set(bundle.state_dict)
+    assert {k.split(".")[0] for k in keys} == {"net", "grader"}
+    assert {f"grader.{k}" for k in model.grader.state_dict()} <= keys
+    # the kept head is that of the epoch with the best validation edema kappa (ties: loss)
+    assert stage["monitor"] == "edema_kappa_quadratic"
+    history = objects["grading_stage"].history
+    assert len(history["val_loss"]) == len(history["val_kappa"]) == STAGE_EPOCHS
+    kappa = np.nan_to_num(history["val_kappa"], nan=-np.inf)
+    loss = np.nan_to_num(history["val_loss"], nan=np.inf)
+    best = max(range(STAGE_EPOCHS), key=lambda e: (kappa[e], -loss[e]))
+    assert stage["best_epoch"] == best
+    np.testing.assert_equal(validation["val"]["edema_kappa_quadratic"], history["val_kappa"][best])
+    assert validation["val"]["grading_loss"] == pytest.approx(history["val_loss"][best], rel=1e-5)
+
+
+def test_head_grades_the_same_from_the_bundle(staged_run):
+    from monai import transforms as mt
+
+    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.models.bundle import load_bundle
+    from nxp2seg.models.grading_stage import head_rows
+
+    _, objects = staged_run
+    result, dm = objects["grading_stage"], objects["datamodule"]
+    bundle = load_bundle(objects["bundle_dir"])
+    rebuilt = bundle.build_model()
+    load = mt.Compose(preprocess_transforms(bundle.preprocessing, with_label=False))
+    feats = result.features["val"]
+    expected = head_rows(objects["model"].grader.head, feats)
+    for i, item in enumerate(dm.grading_items("val")):
+        assert feats.case_ids[i] == item["case_id"]
+        image = torch.as_tensor(load(dict(item))["image"])[None]
+        got = rebuilt.predict(image, [item["station"]])
+        np.testing.assert_allclose(got["edema"][0].numpy(), expected["edema"][i], atol=1e-4)
+        np.testing.assert_allclose(got["fat"][0].numpy(), expected["fat"][i], atol=1e-4)
+        np.testing.assert_allclose(
+            got["fascial_prob"][0].numpy(), expected["fascial_prob"][i], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            got["pattern_prob"][0].numpy(), expected["pattern_prob"][i], atol=1e-4
+        )
+
+
+def test_network_weights_are_those_of_the_best_checkpoint(staged_run):
+    from nxp2seg.models.bundle import load_bundle
+
+    _, objects = staged_run
+    best = objects["validation"]["best_checkpoint"]
+    assert best
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    state = load_bundle(objects["bundle_dir"]).state_dict
+    net_keys = [k for k in ckpt if k.startswith("net.")]
+    assert net_keys and all(torch.equal(state[k], ckpt[k]) for k in net_keys)
+
+
+# -- the stage on its own -----------------------------------------------------------
+
+
+def test_features_carry_no_gradient_and_leave_the_network_unchanged(phantom4):
+    _, dm, net, grader = _stage_inputs(phantom4)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    head_before = {k: v.clone() for k, v in grader.head.state_dict().items()}
+    result = _run_stage(dm, net, grader)
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in net.parameters())
+    assert net.training  # mode restored
+    for f in result.features.values():
+        assert not f.x.requires_grad and f.x.grad_fn is None
+        assert torch.isfinite(f.x).all()
+    # only the head learned
+    assert any(not torch.equal(head_before[k], v) for k, v in grader.head.state_dict().items())
+
+
+def test_cases_without_masks_train_the_head(phantom4):
+    from nxp2seg.models.losses import grading_losses
+
+    _, dm, net, grader = _stage_inputs(phantom4, "data.split.mask_fraction=0.5")
+    hidden = dm.hidden_masks
+    assert hidden and not hidden & set(dm.splits["train"])  # the segmenter never saw them
+    assert hidden <= set(dm.graded_cases("train"))  # ... the grading stage does
+    result = _run_stage(dm, net, grader, mirror=False)
+    train = result.features["train"]
+    rows = [i for i, c in enumerate(train.case_ids) if c in hidden]
+    assert rows and not train.has_mask[rows].any()
+    assert result.summary["n_train_without_mask"] == len(hidden)
+    assert torch.isfinite(train.targets["edema_target"][rows]).any()
+    # their graded targets give the head a gradient
+    grader.head.zero_grad()
+    out = grader.head(train.x[rows], train.station_index[rows])
+    loss = grading_losses(out, train.batch(torch.as_tensor(rows)))["edema"]
+    loss.backward()
+    assert loss.item() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in grader.head.parameters())
+
+
+def test_mirrored_copies_swap_right_and_left(phantom4):
+    from nxp2seg.data.regions import lr_permutation
+    from nxp2seg.data.transforms import preprocess_transforms, world_lr_axis
+    from nxp2seg.models.grading_stage import _mirror_transform
+
+    _, dm, net, grader = _stage_inputs(phantom4)
+    result = _run_stage(dm, net, grader, mirror=True, epochs=1)
+    train = result.features["train"]
+    items = dm.grading_items("train")
+    assert len(train) == 2 * len(items) and int(train.mirrored.sum()) == len(items)
+    for i, item in enumerate(items):
+        orig, mirr = 2 * i, 2 * i + 1
+        assert train.case_ids[orig] == train.case_ids[mirr] == item["case_id"]
+        assert not train.mirrored[orig] and train.mirrored[mirr]
+        perm = lr_permutation(dm.schema, item["station"])
+        assert perm.tolist() == [3, 4, 5, 0, 1, 2]
+        for key in ("edema_target", "fat_target", "fascial_target", "subcut_target"):
+            np.testing.assert_array_equal(
+                train.targets[key][mirr].numpy(), train.targets[key][orig].numpy()[perm]
+            )
+        np.testing.assert_array_equal(
+            train.targets["pattern_target"][mirr].numpy(),
+            train.targets["pattern_target"][orig].numpy(),
+        )
+        assert train.station_index[mirr] == train.station_index[orig]
+        assert not torch.equal(train.x[mirr], train.x[orig])  # a second pass, on the mirror
+    assert not result.features["val"].mirrored.any()  # only training cases are mirrored
+    # the image: mirrored along the world left-right axis, laterality negated
+    from monai import transforms as mt
+
+    d = mt.Compose(preprocess_transforms(dm.preprocessing, with_label=False))(dict(items[0]))
+    m = _mirror_transform(dm)(dict(d))
+    axis = world_lr_axis(d["image"].affine) + 1
+    lat = len(dm.preprocessing.channels)
+    flipped = torch.flip(torch.as_tensor(d["image"]), dims=(axis,))
+    assert torch.equal(torch.as_tensor(m["image"])[:lat], flipped[:lat])
+    assert torch.equal(torch.as_tensor(m["image"])[lat], -flipped[lat])
+
+
+# -- options and references -----------------------------------------------------------
+
+
+def test_options_are_checked(phantom4):
+    from nxp2seg.models.grading import build_grader
+    from nxp2seg.models.grading_stage import StageOptions
+
+    with pytest.raises(ValueError, match="unknown keys"):
+        StageOptions.from_mapping({"epoch": 3})
+    with pytest.raises(ValueError, match="monitor"):
+        StageOptions(monitor="dice")
+    assert StageOptions.from_mapping(None) == StageOptions()
+    _, dm, net, _ = _stage_inputs(phantom4)
+    learnable = build_grader(16, dm.preprocessing.target_spacing, 5, learn_thresholds=True)
+    with pytest.raises(ValueError, match="learn_thresholds"):
+        _run_stage(dm, net, learnable)
+
+
+def test_rater_kappa_on_the_same_cases():
+    from nxp2seg.data.schema import get_grade_scale
+    from nxp2seg.models.metrics import rater_edema_kappa
+    from nxp2seg.stats.agreement import cohen_kappa
+
+    scale = get_grade_scale("beltrame6")
+    a = [0, 1, 2, 3, 4, 5, 2, 1]
+    b = [0, 1, 3, 3, 4, 4, 2, 2]
+    c = [1, 1, 2, 3, 5, 5, 2, 1]
+    rows = []
+    for rater, grades in (("A", a), ("B", b), ("C", c)):
+        for i, g in enumerate(grades):
+            rows.append(
+                {"case_id": f"K{i // 4}", "rater": rater, "region": f"r{i % 4}", "edema_grade": g}
+            )
+    df = pd.DataFrame(rows)
+    labels = np.arange(6)
+    ab = cohen_kappa(a, b, weights="quadratic", labels=labels)
+    ac = cohen_kappa(a, c, weights="quadratic", labels=labels)
+    bc = cohen_kappa(b, c, weights="quadratic", labels=labels)
+    assert rater_edema_kappa(df[df.rater != "C"], scale) == pytest.approx(ab)
+    assert rater_edema_kappa(df, scale) == pytest.approx((ab + ac + bc) / 3)
+    # only the given cases; a region graded by one rater only is not compared
+    only = cohen_kappa(a[:4], b[:4], weights="quadratic", labels=labels)
+    assert rater_edema_kappa(df[df.rater != "C"], scale, ["K0"]) == pytest.approx(only)
+    df.loc[(df.rater == "B") & (df.case_id == "K1"), "edema_grade"] = np.nan
+    assert rater_edema_kappa(df[df.rater != "C"], scale) == pytest.approx(only)
+    assert np.isnan(rater_edema_kappa(df[df.rater == "A"], scale))
