@@ -48,9 +48,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     opts = {"enabled": True}
+    grader_overrides = {}
     for kv in args.options:
         key, _, value = kv.partition("=")
-        opts[key] = json.loads(value) if value not in ("", "None") else None
+        parsed = json.loads(value) if value not in ("", "None") else None
+        if key.startswith("grader."):  # RegionFeatures/GradingHead options, e.g. grader.reference="tissue"
+            grader_overrides[key[len("grader.") :]] = parsed
+        else:
+            opts[key] = parsed
     options = StageOptions.from_mapping(opts)
 
     t0 = time.perf_counter()
@@ -76,6 +81,7 @@ def main() -> None:
         "max_grade": int(dm.grade_scale.max_grade),
         "n_regions": int(dm.n_regions),
         "learn_thresholds": False,
+        **grader_overrides,
     }
     with torch.random.fork_rng():
         torch.manual_seed(options.seed)

@@ -441,3 +441,21 @@ def test_gpu_grading_one_step(phantom4, tmp_path):
     metrics, objects = train(cfg)
     assert objects["trainer"].precision in ("bf16-mixed", "16-mixed")
     assert np.isfinite(metrics["train/loss_edema"]) and "val/edema_icc" in metrics
+
+
+def test_tissue_reference_maps_muscle_to_one_and_fat_to_zero():
+    """reference="tissue": STIR 0 at subcutaneous fat and 1 at muscle; T1 0 at muscle and 1 at fat."""
+    from nxp2seg.models.grading import RegionFeatures
+
+    feats = RegionFeatures(4, (2.0, 2.0, 5.0), reference="tissue", learn_thresholds=False)
+    image = torch.zeros(1, 3, 4, 2, 1)
+    image[0, 0, :2], image[0, 1, :2] = 0.2, 1.5  # muscle: T1, STIR (arbitrary normalised units)
+    image[0, 0, 2:], image[0, 1, 2:] = 2.0, -0.5  # fat
+    muscle = torch.zeros(1, 4, 2, 1)
+    muscle[0, :2] = 1.0
+    fat = 1.0 - muscle
+    t1, stir = feats.referenced(image, muscle, fat)
+    assert torch.allclose(stir[0, 0, :2], torch.ones(2, 2, 1)) and torch.allclose(stir[0, 0, 2:], torch.zeros(2, 2, 1))
+    assert torch.allclose(t1[0, 0, :2], torch.zeros(2, 2, 1)) and torch.allclose(t1[0, 0, 2:], torch.ones(2, 2, 1))
+    with pytest.raises(ValueError, match="reference"):
+        RegionFeatures(4, (2.0, 2.0, 5.0), reference="muscle")

@@ -238,6 +238,14 @@ class RegionFeatures(nn.Module):
         softness: ``s`` of the soft thresholds.
         band_mm, sector_mm: in-plane widths of the band and sector filters.
         learn_thresholds: make ``tau`` trainable.
+        reference: ``"none"``: thresholds apply to the normalised intensities as
+            they come (z-scores over the whole body); ``"tissue"``: each case is
+            first re-referenced to its own tissues, STIR to 0 at the median of
+            the subcutaneous fat and 1 at the median of the station's muscle
+            (so edema of relative signal S reads about S), T1 to 0 at the
+            muscle median and 1 at the fat median (a fat fraction). Whole-body
+            z-scores move normal muscle by a case's edema and fat load; the
+            tissue reference does not. Thresholds are then in those units.
         eps: of :func:`masked_mean`.
     """
 
@@ -251,9 +259,13 @@ class RegionFeatures(nn.Module):
         band_mm: float = 5.0,
         sector_mm: float = 30.0,
         learn_thresholds: bool = True,
+        reference: str = "none",
         eps: float = 1e-6,
     ):
         super().__init__()
+        if reference not in ("none", "tissue"):
+            raise ValueError(f"RegionFeatures.reference must be 'none' or 'tissue', not {reference!r}")
+        self.reference = reference
         self.feature_channels = int(feature_channels)
         self.spacing = [float(s) for s in spacing]
         self.softness = float(softness)
@@ -278,6 +290,26 @@ class RegionFeatures(nn.Module):
     @property
     def out_features(self) -> int:
         return 3 * self.voxel_channels + 1
+
+    @staticmethod
+    def _weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per case median of ``x`` ``(B, 1, ...)`` over voxels where ``w`` ``(B, ...)`` > 0.5."""
+        out = []
+        for b in range(x.shape[0]):  # cases, not regions
+            vals = x[b, 0][w[b] > 0.5]
+            out.append(vals.median() if vals.numel() else x.new_tensor(0.0))
+        return torch.stack(out).view(-1, 1, 1, 1, 1)
+
+    def referenced(self, image: torch.Tensor, muscle: torch.Tensor, fat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """T1 and STIR re-referenced to the case's muscle and subcutaneous fat (``reference="tissue"``)."""
+        t1, stir = image[:, 0:1].float(), image[:, 1:2].float()
+        if self.reference == "none":
+            return t1, stir
+        m_t1, f_t1 = self._weighted_median(t1, muscle), self._weighted_median(t1, fat)
+        m_st, f_st = self._weighted_median(stir, muscle), self._weighted_median(stir, fat)
+        t1 = (t1 - m_t1) / (f_t1 - m_t1).abs().clamp_min(1e-3)
+        stir = (stir - f_st) / (m_st - f_st).abs().clamp_min(1e-3)
+        return t1, stir
 
     def voxel_maps(self, image: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
         """``(B, Fv, X, Y, Z)``: decoder features, T1, STIR, squares, soft thresholds."""
@@ -317,6 +349,10 @@ class RegionFeatures(nn.Module):
             band = w * (1.0 - box_mean(w, self.band_kernel))
             sector = region_masks(probs, subcut) * box_mean(w, self.sector_kernel)
             weights = torch.cat([w, band, sector], dim=1)  # (B, 3R, ...)
+            if self.reference != "none":
+                fat = region_masks(probs, subcut).amax(dim=1)
+                t1, stir = self.referenced(image, w.sum(dim=1), fat)
+                image = torch.cat([t1, stir, image[:, 2:].float()], dim=1)
             maps = self.voxel_maps(image, decoder)
             pooled = masked_mean(weights, maps, self.eps)  # (B, 3R, Fv)
         b, _, fv = pooled.shape
@@ -478,6 +514,7 @@ def build_grader(
     band_mm: float = 5.0,
     sector_mm: float = 30.0,
     learn_thresholds: bool = True,
+    reference: str = "none",
     max_fat: int = 4,
 ) -> Grader:
     """The grader from config (``model.grading``; a partial completed at run time).
@@ -496,6 +533,7 @@ def build_grader(
         band_mm=band_mm,
         sector_mm=sector_mm,
         learn_thresholds=learn_thresholds,
+        reference=reference,
     )
     head = GradingHead(
         features.out_features,
