@@ -305,12 +305,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             {**OmegaConf.to_container(cfg, resolve=True), "preprocessing": prep.to_dict()}
         )
 
-    weights_only = bool(cfg.get("ckpt_weights_only", True))
     trainer.fit(
         model=model,
         datamodule=datamodule,
         ckpt_path=cfg.get("ckpt_path"),
-        weights_only=weights_only,
+        weights_only=True,  # checkpoints hold tensors and plain values only: never unpickle code
     )
     metrics = _floats(dict(trainer.callback_metrics))
 
@@ -318,7 +317,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
     score = getattr(ckpt_cb, "best_model_score", None) if best else None
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=weights_only)["state_dict"]
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)
         score = getattr(ckpt_cb, "best_model_score", None)
         log.info(
