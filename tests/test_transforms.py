@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import monai.transforms as mt
 import torch
 
 from nxp2seg.data import Cohort, default_compartment_schema, default_muscle_schema

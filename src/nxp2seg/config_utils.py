@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
-__all__ = ["to_plain"]
+__all__ = ["to_plain", "dataclass_from_mapping"]
 
 
 def to_plain(x: Any) -> Any:
@@ -28,3 +29,16 @@ def to_plain(x: Any) -> Any:
     if hasattr(x, "item") and hasattr(x, "dtype") and getattr(x, "ndim", 1) == 0 and type(x).__module__ == "numpy":
         return x.item()
     return x
+
+
+def dataclass_from_mapping(cls: type, d: Mapping[str, Any] | None, where: str) -> Any:
+    """Build the dataclass ``cls`` from a config block, refusing unknown keys.
+
+    ``where`` names the block in the error (e.g. ``data.augmentation``).
+    """
+    d = dict(to_plain(d) or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)

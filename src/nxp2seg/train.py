@@ -48,6 +48,17 @@ def _instantiate_dict(node: DictConfig | None) -> list[Any]:
     return out
 
 
+def _build_with_spec(node: DictConfig, runtime: dict[str, Any], state_prefix: str) -> tuple[Any, dict[str, Any]]:
+    """Instantiate a ``_partial_`` config node with run-time arguments, and the spec that rebuilds it.
+
+    The spec (``target``, ``kwargs`` = config values overridden by ``runtime``,
+    ``state_prefix``) is what the bundle records (:mod:`nxp2seg.models.bundle`).
+    """
+    module = hydra.utils.instantiate(node)(**runtime)
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+    return module, {"target": node._target_, "kwargs": {**kwargs, **runtime}, "state_prefix": state_prefix}
+
+
 def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]]:
     """Build ``cfg.model.net`` for the data: channels, classes, spacing and patch size.
 
@@ -62,17 +73,7 @@ def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]
         "spacing": [float(s) for s in prep.target_spacing],
         "patch_size": [int(p) for p in prep.patch_size],
     }
-    net = hydra.utils.instantiate(cfg.model.net)(**runtime)
-    kwargs = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.model.net, resolve=True).items()
-        if not k.startswith("_")
-    }
-    return net, {
-        "target": cfg.model.net._target_,
-        "kwargs": {**kwargs, **runtime},
-        "state_prefix": "net.",
-    }
+    return _build_with_spec(cfg.model.net, runtime, "net.")
 
 
 def grading_mode(cfg: DictConfig) -> str:
@@ -120,17 +121,7 @@ def build_grader(
         "n_regions": int(datamodule.n_regions),
         **overrides,
     }
-    grader = hydra.utils.instantiate(cfg.model.grading)(**runtime)
-    kwargs = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.model.grading, resolve=True).items()
-        if not k.startswith("_")
-    }
-    return grader, {
-        "target": cfg.model.grading._target_,
-        "kwargs": {**kwargs, **runtime},
-        "state_prefix": "grader.",
-    }
+    return _build_with_spec(cfg.model.grading, runtime, "grader.")
 
 
 def summarize_metrics(metrics: dict[str, Any], stage: str) -> dict[str, Any]:

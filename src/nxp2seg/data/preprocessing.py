@@ -306,14 +306,9 @@ class PlanOptions:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> PlanOptions:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"data.preprocessing has unknown keys {unknown}; known keys: {sorted(known)}"
-            )
-        return cls(**d)
+        from nxp2seg.config_utils import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, d, "data.preprocessing")
 
 
 def _plan_spacing(fp: CohortFingerprint, opts: PlanOptions) -> np.ndarray:

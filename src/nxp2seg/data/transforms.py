@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from monai import transforms as mt
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 
+from nxp2seg.config_utils import dataclass_from_mapping
 from nxp2seg.data.preprocessing import (
     CohortFingerprint,
     Preprocessing,
@@ -80,15 +81,6 @@ _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 # ---------------------------------------------------------------------------
 
 
-def _from_mapping(cls: type, d: Mapping[str, Any] | None, where: str) -> Any:
-    d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
-
-
 @dataclass(frozen=True)
 class Augmentation:
     """Training augmentation (config block ``data.augmentation``). Probabilities are per patch.
@@ -120,7 +112,7 @@ class Augmentation:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> Augmentation:
-        return _from_mapping(cls, d, "data.augmentation")
+        return dataclass_from_mapping(cls, d, "data.augmentation")
 
 
 #: ``data.sampling.mode`` values: ``auto`` is ``whole`` when the grading head is on, else ``patch``.
@@ -164,7 +156,7 @@ class Sampling:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> Sampling:
-        return _from_mapping(cls, d, "data.sampling")
+        return dataclass_from_mapping(cls, d, "data.sampling")
 
 
 # ---------------------------------------------------------------------------

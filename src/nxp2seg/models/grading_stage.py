@@ -41,7 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -122,14 +122,9 @@ class StageOptions:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> StageOptions:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"grading_stage has unknown keys {unknown}; known keys: {sorted(known)}"
-            )
-        return cls(**d)
+        from nxp2seg.config_utils import dataclass_from_mapping
+
+        return dataclass_from_mapping(cls, d, "grading_stage")
 
 
 @dataclass
