@@ -68,3 +68,19 @@ def train_overrides(synthetic_cohort, tmp_path) -> list[str]:
 def cfg_train(train_overrides):
     """The composed training config (``experiment=smoke`` on the synthetic cohort)."""
     return compose_train(train_overrides)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, synthetic_cohort) -> Path:
+    """A small segmenter trained ~20 s on the synthetic cohort (test Dice ~0.9): for predict tests."""
+    from nxp2seg.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = compose_train([
+        "experiment=smoke", f"data.cohort={synthetic_cohort}", f"output_dir={root / 'run'}",
+        f"paths.cache_dir={root / 'cache'}", f"paths.root_dir={root}", "data.loader.verify=false",
+        "grading=none", "trainer.max_epochs=24", "trainer.limit_train_batches=4",
+        "trainer.check_val_every_n_epoch=24", "test=false",
+    ])
+    _, objects = train(cfg)
+    return Path(objects["bundle_dir"])

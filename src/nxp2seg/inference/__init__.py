@@ -1,0 +1,1 @@
+"""Prediction on new exams: inputs, geometry, the predictor, writers and DICOM I/O."""

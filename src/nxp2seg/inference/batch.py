@@ -1,0 +1,237 @@
+"""A batch of exams through a :class:`~nxp2seg.inference.predictor.Predictor`, never losing a case.
+
+:func:`predict_one` runs and writes one case and always returns its report
+(``ok`` or ``failed`` with an actionable error); :func:`run_batch` checks the
+output folder, skips finished cases (unless ``overwrite``), shows a progress
+bar with ETA, rebuilds the tables from the reports and returns a summary.
+Multi-device prediction (:mod:`nxp2seg.inference.distributed`) calls
+:func:`predict_one` on each rank for that rank's cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nxp2seg.inference.inputs import CaseInput
+from nxp2seg.inference.predictor import CaseError, CasePrediction, Predictor
+from nxp2seg.inference.writers import (
+    case_dir,
+    failed_report,
+    finished,
+    write_label_tables,
+    write_qc,
+    write_report,
+    write_segmentation,
+    write_tables,
+)
+
+__all__ = ["OutputError", "check_output", "predict_one", "run_batch", "BatchSummary", "case_report"]
+
+log = logging.getLogger(__name__)
+
+
+class OutputError(ValueError):
+    """The output folder cannot be used (inside the input, not writable)."""
+
+
+@dataclass
+class BatchSummary:
+    n_cases: int
+    ok: int
+    skipped: int
+    failed: int
+    seconds: float
+    output: Path
+    failures: list[tuple[str, str]]
+
+    def line(self) -> str:
+        return (f"{self.n_cases} cases: {self.ok} ok, {self.skipped} skipped (finished before), "
+                f"{self.failed} failed in {self.seconds:.1f} s; tables in {self.output}")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_output(output: Path, inputs: Sequence[Path]) -> Path:
+    """Create ``output`` and prove it writable; refuse it inside (or equal to) any input folder."""
+    output = Path(output)
+    for folder in inputs:
+        if folder is not None and _inside(output, folder):
+            raise OutputError(f"output {output} is inside the input folder {folder}; nxp2seg never "
+                              "writes into its inputs: choose an output folder elsewhere")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".nxp2seg-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"output {output} is not writable ({e.strerror or e}); choose a folder you "
+                          "can write to, or free space") from None
+    return output
+
+
+def case_report(pred: CasePrediction, seconds: float, files: Sequence[str], model: dict[str, Any]) -> dict[str, Any]:
+    """``report.json`` of a finished case: the case's rows of every table, geometry, timings."""
+    scores = {k: v for k, v in pred.case.items() if k.startswith("asymmetry_")}
+    return {
+        **{k: v for k, v in pred.case.items() if not k.startswith("asymmetry_")},
+        "seconds": round(seconds, 3),
+        "scores": scores,
+        "regions": pred.regions,
+        "geometry": pred.geometry,
+        "timings_s": {k: round(v, 3) for k, v in pred.timings.items()},
+        "notes": pred.notes,
+        "files": list(files),
+        "model": model,
+    }
+
+
+def _inputs_of(case: CaseInput) -> dict[str, Any]:
+    return {"source": case.source, "t1": str(case.t1) if case.t1 else None,
+            "stir": str(case.stir) if case.stir else None}
+
+
+def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = True,
+                dicom_seg: bool = True, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Predict and write one case; return its report (``status`` ok or failed). Never raises
+    for a problem of the case itself (``KeyboardInterrupt`` and ``SystemExit`` still stop)."""
+    t0 = time.perf_counter()
+    d = case_dir(out, case.case_id) if case.case_id and "/" not in case.case_id else None
+    try:
+        if d is None or case.error:
+            raise CaseError(case.error or f"case id {case.case_id!r} cannot be a folder name")
+        pred = predictor.predict_case(case)
+        files = ["seg.nii.gz"]
+        t1 = pred.t1_image
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "report.json").unlink(missing_ok=True)  # unfinished until the new report lands
+        write_segmentation(d / "seg.nii.gz", pred.labels, t1)
+        if qc:
+            title = (f"{case.case_id} ({pred.station}{', inferred' if pred.station_source == 'inferred' else ''})"
+                     f"  pattern {pred.case.get('pattern') or '-'}  score {pred.case.get('station_score')}")
+            write_qc(d / "qc.png", t1.get_fdata(dtype="float32"), pred.stir_native, pred.labels,
+                     pred.edema, t1.affine, predictor.schema, title)
+            files.append("qc.png")
+        if dicom_seg and case.t1_series is not None:
+            from nxp2seg.inference.dicom import write_dicom_seg
+
+            names = {int(v): n for n, v in predictor.schema.labels.items() if int(v) > 0}
+            write_dicom_seg(pred.labels, case.t1_series.files, names, d / "seg.dcm")
+            files.append("seg.dcm")
+        report = case_report(pred, time.perf_counter() - t0, files, model_info or {})
+        report["inputs"] = _inputs_of(case)
+        write_report(d / "report.json", report)
+        return report
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - one bad case never stops the batch
+        msg = str(e) if isinstance(e, CaseError) else (
+            f"{case.case_id}: unexpected {type(e).__name__}: {e} (please report this with the traceback "
+            "in the log)")
+        if not isinstance(e, CaseError):
+            log.error("case %s failed:\n%s", case.case_id, traceback.format_exc())
+        report = failed_report(case.case_id, case.subject_id, case.station, msg,
+                               round(time.perf_counter() - t0, 3), _inputs_of(case))
+        if d is not None and case.case_id and ".." not in case.case_id:
+            try:
+                write_report(d / "report.json", report)
+            except OSError as w:
+                report["error"] += f" (and its report could not be written: {w})"
+        return report
+
+
+def run_batch(
+    predictor_factory: Callable[[], Predictor],
+    cases: Sequence[CaseInput],
+    out: Path,
+    *,
+    overwrite: bool = False,
+    qc: bool = True,
+    dicom_seg: bool = True,
+    model_info: dict[str, Any] | None = None,
+    progress: bool = True,
+    predict_fn: Callable[..., list[dict[str, Any]]] | None = None,
+) -> BatchSummary:
+    """Predict every case not finished yet, write the tables, return the summary.
+
+    Args:
+        predictor_factory: builds the predictor (only if some case needs predicting).
+        cases: from :func:`~nxp2seg.inference.inputs.discover_cases`.
+        out: the output folder (checked by :func:`check_output`).
+        overwrite: predict finished cases again (their files are replaced atomically).
+        predict_fn: runs the pending cases instead of the in-process loop
+            (multi-device prediction); returns their reports.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    pending, skipped = [], []
+    for c in cases:
+        if not overwrite and c.error is None and finished(out, c.case_id):
+            skipped.append(c)
+        else:
+            pending.append(c)
+    reports: dict[str, dict[str, Any]] = {}
+    predictor = None
+    if pending and any(c.error is None for c in pending):
+        predictor = predictor_factory()
+        write_label_tables(out, predictor.schema)
+    if predict_fn is not None and predictor is not None:
+        for rep in predict_fn(predictor, pending):
+            reports[rep["case_id"]] = rep
+    else:
+        reports.update(_loop(predictor, pending, out, qc, dicom_seg, model_info, progress))
+    _clean_work(out)
+    write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
+    failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") != "ok"]
+    return BatchSummary(
+        n_cases=len(cases), ok=sum(r.get("status") == "ok" for r in reports.values()),
+        skipped=len(skipped), failed=len(failures), seconds=time.perf_counter() - t0,
+        output=out, failures=failures,
+    )
+
+
+def _loop(predictor: Predictor | None, pending: Sequence[CaseInput], out: Path, qc: bool,
+          dicom_seg: bool, model_info: dict[str, Any] | None, progress: bool) -> dict[str, dict[str, Any]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    reports = {}
+    columns = [TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[case]}"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("predict", total=len(pending), case="")
+        for case in pending:
+            bar.update(task, case=case.case_id)
+            if predictor is None:  # every pending case is already known to be bad
+                rep = failed_report(case.case_id, case.subject_id, case.station, case.error or "",
+                                    0.0, _inputs_of(case))
+                d = case_dir(out, case.case_id)
+                if case.error and case.case_id and "/" not in case.case_id and ".." not in case.case_id:
+                    write_report(d / "report.json", rep)
+            else:
+                rep = predict_one(predictor, case, out, qc=qc, dicom_seg=dicom_seg, model_info=model_info)
+            reports[case.case_id] = rep
+            if rep.get("status") != "ok":
+                log.warning("%s failed: %s", case.case_id, rep.get("error"))
+            bar.advance(task)
+    return reports
+
+
+def _clean_work(out: Path) -> None:
+    shutil.rmtree(Path(out) / ".work", ignore_errors=True)

@@ -1,0 +1,288 @@
+"""Prediction outputs (DESIGN.md, "Prediction output"), each written atomically.
+
+Per case, in ``OUT/{case_id}/``: ``seg.nii.gz`` (labels on the T1's grid, the
+T1's header geometry), ``qc.png``, ``seg.dcm`` (DICOM input only) and, last,
+``report.json``. ``report.json`` is the case's completion record: a case is
+finished when it exists with ``status: ok`` (a rerun skips it), and the batch
+tables are rebuilt from all reports, so a killed run never leaves a table
+claiming a case whose files are missing.
+
+Batch tables in ``OUT/``: ``cases.csv``, ``regions.csv``, ``subjects.csv``,
+and the label table in the formats 3D Slicer (``labels.ctbl``) and ITK-SNAP
+(``labels_itksnap.txt``) read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from nxp2seg.data.schema import PATTERNS, LabelSchema
+from nxp2seg.io import atomic_write_bytes, atomic_write_text, nifti_bytes, write_csv
+
+__all__ = [
+    "CASE_COLUMNS",
+    "REGION_COLUMNS",
+    "SUBJECT_COLUMNS",
+    "case_dir",
+    "write_segmentation",
+    "write_report",
+    "write_qc",
+    "read_report",
+    "finished",
+    "write_tables",
+    "write_label_tables",
+    "label_colors",
+    "failed_report",
+]
+
+CASE_COLUMNS = ["case_id", "subject_id", "station", "status", "error", "pattern",
+                *[f"p_{p}" for p in PATTERNS], "station_score", "asymmetry", "seconds",
+                "station_source", "station_score_continuous"]
+REGION_COLUMNS = ["case_id", "region", "edema_grade", "edema_grade_int", "fat_grade",
+                  "fascial_edema_prob", "subcutaneous_edema_prob", "volume_ml", "edema_fraction",
+                  "fat_grade_continuous", "fascial_edema", "subcutaneous_edema"]
+SUBJECT_COLUMNS = ["subject_id", "thigh_score", "calf_score", "total_score"]
+
+
+def case_dir(out: Path, case_id: str) -> Path:
+    return Path(out) / case_id
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(obj: Any) -> Any:
+    """NaN -> None recursively (JSON has no NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_segmentation(path: Path, labels: np.ndarray, t1: nib.Nifti1Image) -> Path:
+    """The label map with exactly the T1's shape, affine, qform and sform (codes kept)."""
+    if tuple(labels.shape) != tuple(t1.shape[:3]):
+        raise ValueError(f"labels {labels.shape} do not match the T1 grid {t1.shape[:3]}")
+    header = t1.header.copy()
+    img = nib.Nifti1Image(labels, None, header)
+    img.set_data_dtype(labels.dtype)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    img.header["cal_min"], img.header["cal_max"] = 0.0, float(labels.max()) if labels.size else 0.0
+    img.header["descrip"] = b"nxp2seg segmentation"
+    qform, qcode = t1.header.get_qform(coded=True)
+    sform, scode = t1.header.get_sform(coded=True)
+    if qform is not None:
+        img.set_qform(qform, code=int(qcode))
+    if sform is not None:
+        img.set_sform(sform, code=int(scode))
+    if qform is None and sform is None:  # an ANALYZE-like header: give it the T1's affine
+        img.set_sform(t1.affine, code=1)
+        img.set_qform(t1.affine, code=1)
+    return atomic_write_bytes(path, nifti_bytes(img))
+
+
+def write_report(path: Path, report: Mapping[str, Any]) -> Path:
+    return atomic_write_text(path, json.dumps(_clean(dict(report)), indent=2, default=_json_default) + "\n")
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A case's report, or ``None`` when it is missing or unreadable (an unfinished case)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finished(out: Path, case_id: str, needs: Iterable[str] = ("seg.nii.gz",)) -> bool:
+    """A case is finished when its report says ``ok`` and the files it lists exist."""
+    d = case_dir(out, case_id)
+    rep = read_report(d / "report.json")
+    return bool(rep and rep.get("status") == "ok" and all((d / n).exists() for n in needs))
+
+
+def failed_report(case_id: str, subject_id: str, station: str | None, error: str,
+                  seconds: float, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"case_id": case_id, "subject_id": subject_id, "station": station, "status": "failed",
+            "error": error, "seconds": seconds, "inputs": dict(inputs)}
+
+
+# ---------------------------------------------------------------------------
+# label tables
+# ---------------------------------------------------------------------------
+
+_BASE_COLORS = {
+    "anterior": (230, 85, 13), "medial": (49, 130, 189), "posterior": (49, 163, 84),
+    "lateral": (117, 107, 177), "subcutaneous": (253, 208, 162), "bone": (240, 240, 240),
+}
+
+
+def label_colors(schema: LabelSchema) -> dict[int, tuple[int, int, int]]:
+    """A colour per label value: one hue per compartment, the left side darker."""
+    cmap = {}
+    rng = np.random.default_rng(0)
+    for name, value in schema.labels.items():
+        if value == 0:
+            continue
+        key = next((k for k in _BASE_COLORS if k in name), None)
+        base = np.array(_BASE_COLORS[key] if key else rng.integers(40, 230, 3), float)
+        if name.endswith("_left"):
+            base = base * 0.65
+        cmap[int(value)] = tuple(int(c) for c in base)
+    return cmap
+
+
+def write_label_tables(out: Path, schema: LabelSchema) -> list[Path]:
+    """``labels.ctbl`` (3D Slicer colour table) and ``labels_itksnap.txt`` (ITK-SNAP label description)."""
+    colors = label_colors(schema)
+    items = sorted((int(v), n) for n, v in schema.labels.items())
+    slicer = ["# nxp2seg label table (3D Slicer colour table: value name R G B A)"]
+    snap = ["# ITK-SnAP Label Description File (nxp2seg)",
+            "# IDX  -R-  -G-  -B-  -A--  VIS MSH  LABEL"]
+    for value, name in items:
+        r, g, b = colors.get(value, (0, 0, 0))
+        alpha = 0 if value == 0 else 255
+        slicer.append(f"{value} {name} {r} {g} {b} {alpha}")
+        snap.append(f"{value:5d} {r:5d} {g:4d} {b:4d} {1.0 if value else 0.0:8.2f} "
+                    f"{1 if value else 0:2d} {1 if value else 0:2d}    \"{name}\"")
+    return [atomic_write_text(Path(out) / "labels.ctbl", "\n".join(slicer) + "\n"),
+            atomic_write_text(Path(out) / "labels_itksnap.txt", "\n".join(snap) + "\n")]
+
+
+# ---------------------------------------------------------------------------
+# QC picture
+# ---------------------------------------------------------------------------
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The array reoriented to RAS+ (closest canonical axes) for display."""
+    ornt = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(data, ornt)
+
+
+def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, edema: np.ndarray,
+             affine: np.ndarray, schema: LabelSchema, title: str, n_slices: int = 3) -> Path:
+    """Axial slices of T1 (segmentation outlines) and STIR (edema in red), radiological view.
+
+    The arrays are reoriented to RAS first, so every picture shows the patient's
+    right on the viewer's left and anterior up, whatever the input's axis order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    t1c, stc, labc, edc = (_canonical(a, affine) for a in (t1, stir, labels, edema.astype(np.uint8)))
+    z_with = np.flatnonzero((labc > 0).any(axis=(0, 1)))
+    zs = z_with if z_with.size else np.arange(labc.shape[2])
+    picks = np.unique(zs[np.linspace(0, len(zs) - 1, n_slices + 2).round().astype(int)[1:-1]])
+    colors = label_colors(schema)
+    lut = np.zeros((int(max(colors, default=0)) + 1, 4))
+    for v, c in colors.items():
+        lut[v] = (*(np.array(c) / 255.0), 1.0)
+    lab_cmap = ListedColormap(lut)
+    fig, axes = plt.subplots(2, len(picks), figsize=(3.6 * len(picks), 6.4), squeeze=False)
+
+    def view(a: np.ndarray, z: int) -> np.ndarray:
+        # RAS+: +x = patient's right, +y = anterior. Rows from anterior down, columns from
+        # the patient's right to left (radiological: right on the viewer's left).
+        return a[::-1, ::-1, z].T
+
+    def show(ax, img, z):
+        return ax.imshow(view(img, z), cmap="gray", interpolation="nearest",
+                         vmin=np.percentile(img, 1), vmax=np.percentile(img, 99.5))
+
+    for j, z in enumerate(picks):
+        for i, (img, name) in enumerate(((t1c, "T1"), (stc, "STIR"))):
+            ax = axes[i, j]
+            show(ax, img, z)
+            lab = view(labc, z)
+            if i == 0:
+                masked = np.ma.masked_where(lab == 0, lab)
+                ax.imshow(masked, cmap=lab_cmap, vmin=0, vmax=len(lut) - 1, alpha=0.35,
+                          interpolation="nearest")
+                for v in np.unique(lab[lab > 0]):
+                    ax.contour(lab == v, levels=[0.5], colors=[lut[int(v)][:3]], linewidths=0.6)
+            else:
+                ed = view(edc, z)
+                ax.imshow(np.ma.masked_where(ed == 0, ed), cmap=ListedColormap([(1, 0, 0, 1)]),
+                          alpha=0.45, interpolation="nearest")
+            ax.set_title(f"{name}  slice {int(z)}", fontsize=8)
+            ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=9, va="center")
+            ax.text(0.95, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=9, va="center")
+            ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------
+# batch tables
+# ---------------------------------------------------------------------------
+
+
+def write_tables(out: Path, case_ids: Sequence[str], skipped: Iterable[str] = ()) -> dict[str, pd.DataFrame]:
+    """Rebuild ``cases.csv``, ``regions.csv``, ``subjects.csv`` from the reports of ``case_ids``.
+
+    Cases in ``skipped`` (finished by an earlier run, not predicted again) are
+    listed with ``status=skipped`` and their earlier results. A case without a
+    readable report is listed with ``status=failed`` and says so.
+    """
+    skipped = set(skipped)
+    from nxp2seg.grading.rules import total_score
+
+    case_rows, region_rows = [], []
+    for cid in case_ids:
+        rep = read_report(case_dir(out, cid) / "report.json")
+        if rep is None:
+            case_rows.append({"case_id": cid, "status": "failed",
+                              "error": "no report.json: the run stopped before this case finished; rerun"})
+            continue
+        row = {k: rep.get(k) for k in CASE_COLUMNS if k in rep}
+        row.update(rep.get("scores", {}))
+        if cid in skipped and row.get("status") == "ok":
+            row["status"] = "skipped"
+        case_rows.append(row)
+        region_rows.extend(rep.get("regions", []))
+    cases = pd.DataFrame(case_rows).reindex(columns=CASE_COLUMNS + sorted(
+        {k for r in case_rows for k in r if k.startswith("asymmetry_")}))
+    regions = pd.DataFrame(region_rows).reindex(columns=REGION_COLUMNS)
+    ok = cases[cases["status"].isin(["ok", "skipped"])]
+    subjects = pd.DataFrame(columns=SUBJECT_COLUMNS)
+    if not ok.empty:
+        wide = ok.pivot_table(index="subject_id", columns="station", values="station_score",
+                              aggfunc="first").reindex(columns=["thigh", "calf"])
+        subjects = pd.DataFrame({"subject_id": wide.index.astype(str),
+                                 "thigh_score": wide["thigh"].to_numpy(dtype=float),
+                                 "calf_score": wide["calf"].to_numpy(dtype=float)})
+        subjects["total_score"] = total_score(subjects["thigh_score"], subjects["calf_score"]).to_numpy()
+    write_csv(cases, Path(out) / "cases.csv")
+    write_csv(regions, Path(out) / "regions.csv")
+    write_csv(subjects, Path(out) / "subjects.csv")
+    return {"cases": cases, "regions": regions, "subjects": subjects}

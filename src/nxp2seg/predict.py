@@ -1,0 +1,117 @@
+"""``python -m nxp2seg.predict model=BUNDLE input=PATH output=DIR [key=value ...]``: batch inference.
+
+Inputs: a cohort, a folder of T1/STIR NIfTI pairs, a manifest CSV or a folder
+of DICOM series (:mod:`nxp2seg.inference.inputs`). Outputs per DESIGN.md
+(:mod:`nxp2seg.inference.writers`). Options and defaults: ``configs/predict.yaml``
+(``--help`` prints them).
+
+Exit codes: 0 every case ok (or finished before); 1 some case failed (the
+others are done; see ``cases.csv``); 2 nothing could run (bad options, an
+unusable bundle, input or output folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["main", "predict", "load_config"]
+
+log = logging.getLogger("nxp2seg.predict")
+CONFIG = Path(__file__).parent / "configs" / "predict.yaml"
+
+
+def load_config(overrides: list[str]) -> DictConfig:
+    """``configs/predict.yaml`` with ``key=value`` overrides (unknown keys are refused)."""
+    cfg = OmegaConf.load(CONFIG)
+    OmegaConf.set_struct(cfg, True)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"arguments must be key=value, got {bad}; see --help")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except Exception as e:  # noqa: BLE001 - omegaconf's errors are clear but long
+        known = ", ".join(cfg.keys())
+        raise ValueError(f"{str(e).splitlines()[0]}; known options: {known}") from None
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but CUDA is not available here; use device=cpu")
+    return name
+
+
+def predict(cfg: DictConfig) -> Any:
+    """Run a prediction batch from a config; returns the :class:`~nxp2seg.inference.batch.BatchSummary`."""
+    import torch
+
+    from nxp2seg.inference.batch import check_output, run_batch
+    from nxp2seg.inference.inputs import discover_cases
+    from nxp2seg.inference.predictor import Predictor
+    from nxp2seg.models.bundle import load_bundle
+
+    if not cfg.model:
+        raise ValueError("model=BUNDLE is required (the bundle folder written by nxp2seg.train)")
+    if not cfg.output:
+        raise ValueError("output=DIR is required")
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    bundle = load_bundle(cfg.model)
+    cases = discover_cases(cfg.input, manifest=cfg.manifest, split=cfg.split)
+    roots = [Path(cfg.input)] if cfg.input and Path(cfg.input).is_dir() else []
+    roots += sorted({p.parent if p.is_file() else p for c in cases for p in (c.t1, c.stir) if p is not None})
+    out = check_output(Path(cfg.output), roots)
+    device = _device(str(cfg.device))
+    model_info = {"bundle": str(Path(cfg.model).resolve()), "version": bundle.manifest.get("version"),
+                  "commit": bundle.manifest.get("commit"), "grading": bundle.has_grading,
+                  "grade_scale": bundle.grade_scale.name}
+
+    def factory() -> Predictor:
+        return Predictor(bundle, device=device, flip_tta=cfg.flip_tta, sw_batch_size=cfg.sw_batch_size,
+                         overlap=cfg.overlap, amp=bool(cfg.amp))
+
+    predict_fn = None
+    if int(cfg.devices) > 1 or str(cfg.strategy) not in ("auto", "None", "none"):
+        from nxp2seg.inference.distributed import lightning_predict_fn
+
+        predict_fn = lightning_predict_fn(out, devices=int(cfg.devices), strategy=str(cfg.strategy),
+                                          accelerator=str(cfg.accelerator), qc=bool(cfg.qc),
+                                          dicom_seg=bool(cfg.dicom_seg), model_info=model_info)
+    return run_batch(factory, cases, out, overwrite=bool(cfg.overwrite), qc=bool(cfg.qc),
+                     dicom_seg=bool(cfg.dicom_seg), model_info=model_info,
+                     progress=bool(cfg.progress), predict_fn=predict_fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print(CONFIG.read_text())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from nxp2seg.inference.batch import OutputError
+    from nxp2seg.inference.inputs import InputError
+    from nxp2seg.models.bundle import BundleError
+
+    try:
+        cfg = load_config(argv)
+        summary = predict(cfg)
+    except (ValueError, InputError, OutputError, BundleError, FileNotFoundError) as e:
+        print(f"nxp2seg.predict: {e}", file=sys.stderr)
+        return 2
+    for cid, err in summary.failures:
+        print(f"FAILED {cid}: {err}", file=sys.stderr)
+    print(summary.line())
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
