@@ -239,8 +239,9 @@ def test_a_batch_with_broken_cases_finishes_the_others(trained_bundle, tmp_path,
 
 
 def test_a_killed_run_leaves_no_finished_looking_case(trained_bundle, tmp_path, monkeypatch):
-    import nxp2seg.inference.batch as batch
     from helpers_synthetic import grid_affine
+
+    from nxp2seg.inference import batch
 
     src, out = tmp_path / "in", tmp_path / "out"
     aff = grid_affine((40, 28, 6), (4.0, 4.0, 6.0))
@@ -305,7 +306,6 @@ def _as_dicom(src_nifti: Path, name: str, dst: Path, exam: str, body_part: str =
 
 def test_dicom_and_nifti_of_one_exam_give_the_same_segmentation(trained_bundle, tmp_path):
     import pydicom
-
     from helpers_synthetic import grid_affine
 
     nii, dcm = tmp_path / "nii", tmp_path / "dcm"

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["main", "predict", "load_config"]
+__all__ = ["load_config", "main", "predict"]
 
 log = logging.getLogger("nxp2seg.predict")
 CONFIG = Path(__file__).parent / "configs" / "predict.yaml"

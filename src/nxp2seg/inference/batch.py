@@ -33,7 +33,7 @@ from nxp2seg.inference.writers import (
     write_tables,
 )
 
-__all__ = ["OutputError", "check_output", "predict_one", "run_batch", "BatchSummary", "case_report"]
+__all__ = ["BatchSummary", "OutputError", "case_report", "check_output", "predict_one", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,13 @@ def run_batch(
 
 def _loop(predictor: Predictor | None, pending: Sequence[CaseInput], out: Path, qc: bool,
           dicom_seg: bool, model_info: dict[str, Any] | None, progress: bool) -> dict[str, dict[str, Any]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     reports = {}
     columns = [TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["normal_muscle_reference", "edema_map", "EDEMA_THRESHOLD"]
+__all__ = ["EDEMA_THRESHOLD", "edema_map", "normal_muscle_reference"]
 
 EDEMA_THRESHOLD = 1.3
 

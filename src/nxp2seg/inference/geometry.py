@@ -16,11 +16,11 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "voxel_map",
-    "resample_to_grid",
-    "probabilities_to_labels",
-    "overlap_fraction",
     "describe_geometry",
+    "overlap_fraction",
+    "probabilities_to_labels",
+    "resample_to_grid",
+    "voxel_map",
 ]
 
 

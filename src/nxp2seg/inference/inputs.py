@@ -45,14 +45,14 @@ import pandas as pd
 from nxp2seg.data.schema import STATIONS
 
 __all__ = [
+    "NIFTI_SUFFIXES",
     "CaseInput",
     "InputError",
     "discover_cases",
     "pair_nifti_files",
+    "safe_case_id",
     "station_from_name",
     "subject_from_case",
-    "safe_case_id",
-    "NIFTI_SUFFIXES",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -49,7 +49,7 @@ from nxp2seg.inference.geometry import (
 from nxp2seg.inference.inputs import CaseInput
 from nxp2seg.models.segmenter import mask_logits
 
-__all__ = ["Predictor", "CasePrediction", "CaseError", "load_case_images", "MAX_VOXELS"]
+__all__ = ["MAX_VOXELS", "CaseError", "CasePrediction", "Predictor", "load_case_images"]
 
 #: Larger images are refused before their data are read (header shape only).
 MAX_VOXELS = 2048 * 2048 * 512
