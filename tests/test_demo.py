@@ -18,6 +18,9 @@ def test_demo_runs_generate_verify_train(tmp_path):
     bundle = result["bundle"]
     assert (bundle / "weights.safetensors").exists()
     assert "test" in json.loads((bundle / "validation.json").read_text())
+    cases = (result["predictions"] / "cases.csv").read_text().splitlines()
+    assert len(cases) == 3 and all(",ok," in row for row in cases[1:])  # the test subject's 2 exams
+    assert "2 ok" in result["predict_summary"]
     # a rerun reuses the cohort and the bundle
     again = run_demo(out=out, subjects=4, preset="tiny", seed=1, train={"experiment": "smoke"})
     assert again["bundle"] == bundle

@@ -7,12 +7,15 @@
 3. summarise it (cases, subjects, reader agreement, pattern counts) and draw
    the phantom figure,
 4. train the model on its training subjects (``python -m nxp2seg.train``,
-   about 14 minutes on 2 CPU cores) and score the held-out test subjects,
+   about 15 minutes on 2 CPU cores) and score the held-out test subjects,
+5. predict the held-out test exams with the trained bundle
+   (``python -m nxp2seg.predict input=COHORT split=test``): segmentations,
+   grades, scores, QC pictures and tables,
 
 and print where everything is. ``train=false`` stops after step 3; any
 ``train.KEY=VALUE`` is passed to the trainer as ``KEY=VALUE`` (e.g.
-``train.experiment=smoke``). Prediction and evaluation join this job as they
-land (see README, "Status").
+``train.experiment=smoke``). Evaluation joins this job as it lands (see
+README, "Status").
 """
 
 from __future__ import annotations
@@ -43,17 +46,17 @@ def run_demo(
     cohort_dir = out / "cohort"
     t0 = time.perf_counter()
     if (cohort_dir / "dataset.json").exists():
-        console.print(f"[bold]1/4[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
+        console.print(f"[bold]1/5[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
     else:
-        console.print(f"[bold]1/4[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
+        console.print(f"[bold]1/5[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
         generate_cohort(cohort_dir, subjects=subjects, preset=preset, seed=seed, progress=True)
-    console.print("[bold]2/4[/bold] verifying the cohort against the dataset contract")
+    console.print("[bold]2/5[/bold] verifying the cohort against the dataset contract")
     report = verify_cohort(cohort_dir)
     if not report.ok:
         console.print(report.to_dataframe().to_string())
         raise SystemExit(f"verify found {len(report.errors)} errors in {cohort_dir}")
     console.print(f"    cohort OK ({len(report.warnings)} warnings)")
-    console.print("[bold]3/4[/bold] summarising the cohort")
+    console.print("[bold]3/5[/bold] summarising the cohort")
     cohort = Cohort.open(cohort_dir)
     summary = _summarise(cohort)
     figure = out / "phantom_figure.png"
@@ -66,14 +69,18 @@ def run_demo(
     result = {"cohort": cohort_dir, "figure": figure, **summary}
     if train is not False:
         extra = train if isinstance(train, dict) else {}
-        console.print("[bold]4/4[/bold] training on the training subjects (python -m nxp2seg.train)")
+        console.print("[bold]4/5[/bold] training on the training subjects (python -m nxp2seg.train)")
         result.update(_train(cohort_dir, out / "train", extra))
+        console.print("[bold]5/5[/bold] predicting the held-out test exams (python -m nxp2seg.predict)")
+        result.update(_predict(result["bundle"], cohort_dir, out / "predictions"))
     console.print(f"[green]done in {time.perf_counter() - t0:.0f} s[/green]")
     console.print(f"cohort:  {cohort_dir.resolve()}")
     console.print(f"figure:  {figure.resolve()}")
     if "bundle" in result:
         console.print(f"model:   {result['bundle']}")
         console.print(f"test:    {result['test_summary']}")
+    if "predictions" in result:
+        console.print(f"predictions: {result['predictions']}  ({result['predict_summary']})")
     return result
 
 
@@ -94,6 +101,19 @@ def _train(cohort_dir: Path, out: Path, extra: dict) -> dict:
     test = validation.get("test") or {}
     summary = {k: round(v, 4) for k, v in test.items() if isinstance(v, (int, float)) and "mean" in k}
     return {"bundle": (out / "bundle").resolve(), "test_summary": summary}
+
+
+def _predict(bundle: Path, cohort_dir: Path, out: Path) -> dict:
+    """``python -m nxp2seg.predict`` on the cohort's test split; returns where and how it went."""
+    import subprocess
+
+    args = [f"model={bundle}", f"input={cohort_dir.resolve()}", "split=test", f"output={out.resolve()}"]
+    proc = subprocess.run([sys.executable, "-m", "nxp2seg.predict", *args], capture_output=True, text=True)
+    sys.stderr.write(proc.stderr[-2000:] if proc.returncode else "")
+    line = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode == 2:
+        raise SystemExit(f"prediction could not run: {proc.stderr.strip()[-500:]}")
+    return {"predictions": out.resolve(), "predict_summary": line}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
