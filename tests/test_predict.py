@@ -332,3 +332,30 @@ def test_dicom_and_nifti_of_one_exam_give_the_same_segmentation(trained_bundle, 
         if path.suffix in (".json", ".csv", ".txt", ".ctbl"):
             text = path.read_text()
             assert "SECRET-42" not in text and "Doe" not in text, path
+
+
+@pytest.mark.slow
+def test_two_process_ddp_prediction_matches_one_process(trained_bundle, tmp_path):
+    """Lightning DDP on 2 CPU processes (gloo): each rank writes its cases; same files as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers_synthetic import grid_affine
+
+    src = tmp_path / "in"
+    aff = grid_affine((40, 28, 6), (4.0, 4.0, 6.0))
+    for i, st in enumerate(["thigh", "calf", "thigh"]):
+        _case(src, f"D{i}_{st}", aff, station=st, seed=10 + i)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "nxp2seg.predict", f"model={trained_bundle}", f"input={src}",
+              "progress=false", "num_threads=1"]
+    one = subprocess.run([*common, f"output={tmp_path / 'one'}"], env=env, capture_output=True, text=True)
+    two = subprocess.run([*common, f"output={tmp_path / 'two'}", "accelerator=cpu", "devices=2",
+                          "strategy=ddp"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("3 cases: 3 ok") == 1  # only rank 0 reports
+    for i, st in enumerate(["thigh", "calf", "thigh"]):
+        a = (tmp_path / "one" / f"D{i}_{st}" / "seg.nii.gz").read_bytes()
+        assert a == (tmp_path / "two" / f"D{i}_{st}" / "seg.nii.gz").read_bytes()
+    assert (pd.read_csv(tmp_path / "two" / "cases.csv")["status"] == "ok").all()

@@ -107,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, InputError, OutputError, BundleError, FileNotFoundError) as e:
         print(f"nxp2seg.predict: {e}", file=sys.stderr)
         return 2
-    for cid, err in summary.failures:
-        print(f"FAILED {cid}: {err}", file=sys.stderr)
-    print(summary.line())
+    from nxp2seg.inference.distributed import is_main_process
+
+    if is_main_process():
+        for cid, err in summary.failures:
+            print(f"FAILED {cid}: {err}", file=sys.stderr)
+        print(summary.line())
     return summary.exit_code
 
 

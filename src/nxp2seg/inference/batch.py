@@ -198,7 +198,10 @@ def run_batch(
     else:
         reports.update(_loop(predictor, pending, out, qc, dicom_seg, model_info, progress))
     _clean_work(out)
-    write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
+    from nxp2seg.inference.distributed import is_main_process
+
+    if is_main_process():
+        write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
     failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") != "ok"]
     return BatchSummary(
         n_cases=len(cases), ok=sum(r.get("status") == "ok" for r in reports.values()),

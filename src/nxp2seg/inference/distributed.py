@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lightning_predict_fn"]
+__all__ = ["lightning_predict_fn", "is_main_process"]
+
+
+def is_main_process() -> bool:
+    """False in the extra ranks Lightning launches (they neither write tables nor print)."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
 def lightning_predict_fn(out: Path, *, devices: int, strategy: str, accelerator: str, qc: bool,
