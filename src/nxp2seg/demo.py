@@ -139,7 +139,7 @@ def _summarise(cohort) -> dict:
     p = cohort.patterns.merge(cohort.cases[["case_id", "station"]], on="case_id")
     thigh = p[(p["station"] == "thigh") & (p["rater"] == raters[0])]["pattern"].value_counts().to_dict()
     return {
-        "n_cases": int(len(cohort.cases)),
+        "n_cases": len(cohort.cases),
         "n_subjects": int(cohort.cases["subject_id"].nunique()),
         "kappa_rater_vs_rater": kappa,
         "thigh_patterns": thigh,

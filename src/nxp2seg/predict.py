@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(CONFIG.read_text())
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("highdicom", "monai", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from nxp2seg.inference.batch import OutputError
     from nxp2seg.inference.inputs import InputError
     from nxp2seg.models.bundle import BundleError
