@@ -107,9 +107,10 @@ def test_config_selects_the_staged_mode():
     assert staged.grading_stage.enabled and staged.model.grading.learn_thresholds is False
     assert staged.model.grading_loss.weights.edema == 1.0  # the head's own config, reused
     assert grading_mode(compose_train(["grading=head"])) == "joint"
-    assert grading_mode(compose_train([])) == "none"
+    assert grading_mode(compose_train([])) == "staged"  # the default grades
+    assert grading_mode(compose_train(["grading=none"])) == "none"
     with pytest.raises(ValueError, match="grading=staged"):
-        grading_mode(compose_train(["grading_stage.enabled=true"]))
+        grading_mode(compose_train(["grading=none", "grading_stage.enabled=true"]))
 
 
 def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
@@ -322,3 +323,15 @@ def test_rater_kappa_on_the_same_cases():
     df.loc[(df.rater == "B") & (df.case_id == "K1"), "edema_grade"] = np.nan
     assert rater_edema_kappa(df[df.rater != "C"], scale) == pytest.approx(only)
     assert np.isnan(rater_edema_kappa(df[df.rater == "A"], scale))
+
+
+def test_default_staged_run_without_grades_skips_the_stage(train_overrides):
+    """A cohort without grades.csv rows trains the segmenter and says the head was skipped."""
+    from nxp2seg.models.bundle import load_bundle
+    from nxp2seg.train import train
+
+    cfg = compose_train([*train_overrides, "trainer.max_epochs=1", "test=false"])
+    _, objects = train(cfg)
+    bundle = load_bundle(objects["bundle_dir"])
+    assert not bundle.has_grading
+    assert bundle.validation["grading_stage"] == {"skipped": "no graded training case"}

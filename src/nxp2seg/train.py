@@ -335,7 +335,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         validation["test"] = summarize_metrics(metrics, "test")
     validation["data"] = datamodule.describe()
     stage_result = None
-    if mode == "staged" and trainer.is_global_zero:
+    if mode == "staged" and trainer.is_global_zero and not datamodule.grading_items("train"):
+        log.warning(
+            "grading=staged but the cohort has no graded training case (grades.csv): the grading "
+            "stage is skipped and the bundle segments only. Add the readers' grades to grade."
+        )
+        validation["grading_stage"] = {"skipped": "no graded training case"}
+    elif mode == "staged" and trainer.is_global_zero:
         grader_spec, stage_result = run_grading_stage(
             cfg,
             datamodule,
