@@ -21,6 +21,7 @@ def test_demo_runs_generate_verify_train(tmp_path):
     cases = (result["predictions"] / "cases.csv").read_text().splitlines()
     assert len(cases) == 3 and all(",ok," in row for row in cases[1:])  # the test subject's 2 exams
     assert "2 ok" in result["predict_summary"]
+    assert result["report"].exists() and result["summary"].exists()
     # a rerun reuses the cohort and the bundle
     again = run_demo(out=out, subjects=4, preset="tiny", seed=1, train={"experiment": "smoke"})
     assert again["bundle"] == bundle

@@ -11,11 +11,12 @@
 5. predict the held-out test exams with the trained bundle
    (``python -m nxp2seg.predict input=COHORT split=test``): segmentations,
    grades, scores, QC pictures and tables,
+6. evaluate the predictions against the readers and the label maps
+   (``python -m nxp2seg.evaluate``): ``summary.json`` and ``report.html``,
 
 and print where everything is. ``train=false`` stops after step 3; any
 ``train.KEY=VALUE`` is passed to the trainer as ``KEY=VALUE`` (e.g.
-``train.experiment=smoke``). Evaluation joins this job as it lands (see
-README, "Status").
+``train.experiment=smoke``).
 """
 
 from __future__ import annotations
@@ -46,17 +47,17 @@ def run_demo(
     cohort_dir = out / "cohort"
     t0 = time.perf_counter()
     if (cohort_dir / "dataset.json").exists():
-        console.print(f"[bold]1/5[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
+        console.print(f"[bold]1/6[/bold] phantom cohort already at {cohort_dir} (delete it to regenerate)")
     else:
-        console.print(f"[bold]1/5[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
+        console.print(f"[bold]1/6[/bold] generating the phantom cohort: {subjects} subjects, preset {preset}, seed {seed}")
         generate_cohort(cohort_dir, subjects=subjects, preset=preset, seed=seed, progress=True)
-    console.print("[bold]2/5[/bold] verifying the cohort against the dataset contract")
+    console.print("[bold]2/6[/bold] verifying the cohort against the dataset contract")
     report = verify_cohort(cohort_dir)
     if not report.ok:
         console.print(report.to_dataframe().to_string())
         raise SystemExit(f"verify found {len(report.errors)} errors in {cohort_dir}")
     console.print(f"    cohort OK ({len(report.warnings)} warnings)")
-    console.print("[bold]3/5[/bold] summarising the cohort")
+    console.print("[bold]3/6[/bold] summarising the cohort")
     cohort = Cohort.open(cohort_dir)
     summary = _summarise(cohort)
     figure = out / "phantom_figure.png"
@@ -69,10 +70,12 @@ def run_demo(
     result = {"cohort": cohort_dir, "figure": figure, **summary}
     if train is not False:
         extra = train if isinstance(train, dict) else {}
-        console.print("[bold]4/5[/bold] training on the training subjects (python -m nxp2seg.train)")
+        console.print("[bold]4/6[/bold] training on the training subjects (python -m nxp2seg.train)")
         result.update(_train(cohort_dir, out / "train", extra))
-        console.print("[bold]5/5[/bold] predicting the held-out test exams (python -m nxp2seg.predict)")
+        console.print("[bold]5/6[/bold] predicting the held-out test exams (python -m nxp2seg.predict)")
         result.update(_predict(result["bundle"], cohort_dir, out / "predictions"))
+        console.print("[bold]6/6[/bold] evaluating against the readers (python -m nxp2seg.evaluate)")
+        result.update(_evaluate(result["predictions"], cohort_dir, out / "evaluation"))
     console.print(f"[green]done in {time.perf_counter() - t0:.0f} s[/green]")
     console.print(f"cohort:  {cohort_dir.resolve()}")
     console.print(f"figure:  {figure.resolve()}")
@@ -81,6 +84,9 @@ def run_demo(
         console.print(f"test:    {result['test_summary']}")
     if "predictions" in result:
         console.print(f"predictions: {result['predictions']}  ({result['predict_summary']})")
+    if "report" in result:
+        console.print(f"evaluation: {result['evaluation_headline']}")
+        console.print(f"report:  {result['report']}")
     return result
 
 
@@ -114,6 +120,31 @@ def _predict(bundle: Path, cohort_dir: Path, out: Path) -> dict:
     if proc.returncode == 2:
         raise SystemExit(f"prediction could not run: {proc.stderr.strip()[-500:]}")
     return {"predictions": out.resolve(), "predict_summary": line}
+
+
+def _evaluate(predictions: Path, cohort_dir: Path, out: Path) -> dict:
+    """``python -m nxp2seg.evaluate`` on the predictions; returns the report path and headline figures."""
+    import json
+    import subprocess
+
+    args = [f"predictions={predictions}", f"cohort={cohort_dir.resolve()}", f"output={out.resolve()}"]
+    proc = subprocess.run([sys.executable, "-m", "nxp2seg.evaluate", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluation failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}")
+    summary = json.loads((out / "summary.json").read_text())
+
+    def fig(*path: str) -> str:
+        node: object = summary
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        return "n/a" if node is None else f"{node:.3f}"
+
+    headline = (f"Dice {fig('segmentation', 'dice_mean')}, edema kappa model vs readers' mean "
+                f"{fig('edema', 'kappa_quadratic', 'model_vs_mean')} (readers vs each other "
+                f"{fig('edema', 'kappa_quadratic', 'rater_vs_rater')}), station-score ICC "
+                f"{fig('station_score', 'icc')}")
+    return {"report": (out / "report.html").resolve(), "summary": (out / "summary.json").resolve(),
+            "evaluation_headline": headline}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
