@@ -459,3 +459,38 @@ def test_tissue_reference_maps_muscle_to_one_and_fat_to_zero():
     assert torch.allclose(t1[0, 0, :2], torch.zeros(2, 2, 1)) and torch.allclose(t1[0, 0, 2:], torch.ones(2, 2, 1))
     with pytest.raises(ValueError, match="reference"):
         RegionFeatures(4, (2.0, 2.0, 5.0), reference="muscle")
+
+
+def test_lowest_peak_finds_the_darker_population():
+    from nxp2seg.models.grading import lowest_peak
+
+    g = torch.Generator().manual_seed(0)
+    normal = 1.0 + 0.05 * torch.randn(2500, generator=g)  # a quarter of the muscle is normal
+    edema = 1.8 + 0.1 * torch.randn(7500, generator=g)
+    assert abs(float(lowest_peak(torch.cat([edema, normal]))) - 1.0) < 0.05
+    assert abs(float(lowest_peak(edema)) - 1.8) < 0.05  # one population: its mode
+    assert float(lowest_peak(torch.tensor([3.0, 1.0]))) == 1.0  # too few samples: the median
+
+
+def test_peak_reference_uses_normal_muscle_when_most_muscle_is_edematous():
+    """reference="peak": STIR 1 at normal muscle even when 3/4 of the muscle is edematous ("tissue": the median)."""
+    from nxp2seg.models.grading import RegionFeatures
+
+    n = 400
+    g = torch.Generator().manual_seed(1)
+    image = torch.zeros(1, 3, n, 2, 1)
+    image[0, 0, : n // 2] = 0.2 + 0.01 * torch.randn(n // 2, 2, 1, generator=g)  # muscle T1
+    image[0, 1, : n // 8] = 1.0 + 0.02 * torch.randn(n // 8, 2, 1, generator=g)  # normal STIR
+    image[0, 1, n // 8 : n // 2] = 2.5 + 0.05 * torch.randn(3 * n // 8, 2, 1, generator=g)  # edema
+    image[0, 0, n // 2 :], image[0, 1, n // 2 :] = 2.0, 0.0  # fat: T1 bright, STIR dark
+    muscle = torch.zeros(1, n, 2, 1)
+    muscle[0, : n // 2] = 1.0
+    fat = 1.0 - muscle
+    peak = RegionFeatures(4, (2.0, 2.0, 5.0), reference="peak", learn_thresholds=False)
+    _, stir = peak.referenced(image, muscle, fat)
+    assert abs(float(stir[0, 0, : n // 8].mean()) - 1.0) < 0.05
+    assert abs(float(stir[0, 0, n // 8 : n // 2].mean()) - 2.5) < 0.1
+    tissue = RegionFeatures(4, (2.0, 2.0, 5.0), reference="tissue", learn_thresholds=False)
+    _, stir_t = tissue.referenced(image, muscle, fat)
+    assert float(stir_t[0, 0, : n // 8].mean()) < 0.5  # the median is edema: normal muscle reads low
+    assert peak.voxel_channels == tissue.voxel_channels == RegionFeatures(4, (2.0, 2.0, 5.0)).voxel_channels + 2

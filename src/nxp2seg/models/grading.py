@@ -31,18 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "region_masks",
+    "GRADING_OUTPUTS",
+    "REFERENCES",
+    "FeatureTap",
+    "Grader",
+    "GradingHead",
+    "RegionFeatures",
+    "box_mean",
+    "build_grader",
+    "feature_layer",
+    "kernel_voxels",
+    "lowest_peak",
     "masked_mean",
     "pool_regions",
-    "box_mean",
-    "kernel_voxels",
-    "FeatureTap",
-    "feature_layer",
-    "RegionFeatures",
-    "GradingHead",
-    "Grader",
-    "build_grader",
-    "GRADING_OUTPUTS",
+    "region_masks",
 ]
 
 #: Keys the grader adds to the model's output dict.
@@ -208,6 +210,41 @@ class FeatureTap:
 # region features
 # ---------------------------------------------------------------------------
 
+#: Intensity references of :class:`RegionFeatures`.
+REFERENCES: tuple[str, ...] = ("none", "tissue", "peak")
+#: Joint maps with a reference: (STIR above, T1 above, T1 below), in reference units.
+_JOINT = ((1.4, 0.3, None), (1.8, None, 0.35))
+
+
+def lowest_peak(values: torch.Tensor, bins: int = 96, smooth: float = 2.0, share: float = 0.2) -> torch.Tensor:
+    """The lowest histogram peak at least ``share`` as high as the tallest (Gaussian-smoothed bins).
+
+    Args:
+        values: 1D samples (any units; the histogram spans their 1st-99th percentile).
+
+    Returns:
+        A 0-d tensor: the peak's bin centre (the median when there is no peak or too few samples).
+    """
+    v = values.float().flatten()
+    if v.numel() < 32:
+        return v.median() if v.numel() else v.new_tensor(0.0)
+    lo, hi = torch.quantile(v[:: max(1, v.numel() // 100_000)], torch.tensor([0.01, 0.99], device=v.device))
+    if not bool(hi > lo):
+        return v.median()
+    hist = torch.histc(v.clamp(lo, hi), bins=bins, min=float(lo), max=float(hi))
+    radius = int(3 * smooth)
+    x = torch.arange(-radius, radius + 1, device=v.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / smooth) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    h = F.conv1d(hist.view(1, 1, -1), kernel, padding=radius).view(-1)
+    left = torch.cat([h.new_tensor([-1.0]), h[:-1]])
+    right = torch.cat([h[1:], h.new_tensor([-1.0])])
+    peaks = torch.nonzero((h >= left) & (h >= right) & (h >= share * h.max())).flatten()
+    if peaks.numel() == 0:
+        return v.median()
+    width = (hi - lo) / bins
+    return lo + (peaks[0].float() + 0.5) * width
+
 
 class RegionFeatures(nn.Module):
     """A feature vector per region: pooled network features and T1/STIR statistics.
@@ -246,6 +283,14 @@ class RegionFeatures(nn.Module):
             muscle median and 1 at the fat median (a fat fraction). Whole-body
             z-scores move normal muscle by a case's edema and fat load; the
             tissue reference does not. Thresholds are then in those units.
+            ``"peak"``: as ``"tissue"``, but normal muscle on STIR is the lowest
+            strong peak of the STIR histogram of the station's *clean* muscle
+            (T1 within -0.1..0.07 of the way from muscle to fat: no fat, no
+            vessels), not its median: the darkest muscle population, which is
+            normal muscle even when most of the muscle is edematous (the median
+            is then edema). With a reference, two joint maps are added: bright
+            STIR with fat-like T1 (subcutaneous edema: reticular strands in fat)
+            and bright STIR with muscle-like T1 (fascial and muscle edema).
         eps: of :func:`masked_mean`.
     """
 
@@ -263,8 +308,8 @@ class RegionFeatures(nn.Module):
         eps: float = 1e-6,
     ):
         super().__init__()
-        if reference not in ("none", "tissue"):
-            raise ValueError(f"RegionFeatures.reference must be 'none' or 'tissue', not {reference!r}")
+        if reference not in REFERENCES:
+            raise ValueError(f"RegionFeatures.reference must be one of {REFERENCES}, not {reference!r}")
         self.reference = reference
         self.feature_channels = int(feature_channels)
         self.spacing = [float(s) for s in spacing]
@@ -285,7 +330,8 @@ class RegionFeatures(nn.Module):
 
     @property
     def voxel_channels(self) -> int:
-        return self.feature_channels + 4 + len(self.stir_tau) + len(self.t1_tau)
+        joint = len(_JOINT) if self.reference != "none" else 0
+        return self.feature_channels + 4 + len(self.stir_tau) + len(self.t1_tau) + joint
 
     @property
     def out_features(self) -> int:
@@ -301,13 +347,21 @@ class RegionFeatures(nn.Module):
         return torch.stack(out).view(-1, 1, 1, 1, 1)
 
     def referenced(self, image: torch.Tensor, muscle: torch.Tensor, fat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """T1 and STIR re-referenced to the case's muscle and subcutaneous fat (``reference="tissue"``)."""
+        """T1 and STIR re-referenced to the case's muscle and subcutaneous fat (``reference``)."""
         t1, stir = image[:, 0:1].float(), image[:, 1:2].float()
         if self.reference == "none":
             return t1, stir
         m_t1, f_t1 = self._weighted_median(t1, muscle), self._weighted_median(t1, fat)
-        m_st, f_st = self._weighted_median(stir, muscle), self._weighted_median(stir, fat)
+        f_st = self._weighted_median(stir, fat)
         t1 = (t1 - m_t1) / (f_t1 - m_t1).abs().clamp_min(1e-3)
+        if self.reference == "peak":
+            peaks = []
+            for b in range(stir.shape[0]):  # cases, not regions
+                clean = (muscle[b] > 0.5) & (t1[b, 0] > -0.1) & (t1[b, 0] < 0.07)
+                peaks.append(lowest_peak(stir[b, 0][clean]))
+            m_st = torch.stack(peaks).view(-1, 1, 1, 1, 1)
+        else:
+            m_st = self._weighted_median(stir, muscle)
         stir = (stir - f_st) / (m_st - f_st).abs().clamp_min(1e-3)
         return t1, stir
 
@@ -317,9 +371,16 @@ class RegionFeatures(nn.Module):
         s = self.softness
         stir_frac = torch.sigmoid((stir - self.stir_tau.view(1, -1, 1, 1, 1)) / s)
         t1_frac = torch.sigmoid((t1 - self.t1_tau.view(1, -1, 1, 1, 1)) / s)
-        return torch.cat(
-            [decoder.float(), t1, stir, t1 * t1, stir * stir, stir_frac, t1_frac], dim=1
-        )
+        maps = [decoder.float(), t1, stir, t1 * t1, stir * stir, stir_frac, t1_frac]
+        if self.reference != "none":  # intensities are in tissue units: joint maps mean something
+            for st_min, t1_min, t1_max in _JOINT:
+                m = torch.sigmoid((stir - st_min) / s)
+                if t1_min is not None:
+                    m = m * torch.sigmoid((t1 - t1_min) / s)
+                if t1_max is not None:
+                    m = m * torch.sigmoid((t1_max - t1) / s)
+                maps.append(m)
+        return torch.cat(maps, dim=1)
 
     def forward(
         self,
