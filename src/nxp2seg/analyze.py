@@ -228,6 +228,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     table, variables, counts = join_tables(scores, clinical, score=score, id_col=id_col,
                                            columns=columns, paths=paths)
     types = {str(k): str(v) for k, v in (OmegaConf.to_container(cfg.types) or {}).items()}
+    # the groups are checked before anything is written: a refused group_by leaves no partial output
+    group, how = group_column(table, str(cfg.group_by), paths[1]) if cfg.group_by else (None, None)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     intro = (f"{counts['n_subjects']} subjects in both tables ({counts['n_scores_only']} only in the "
@@ -243,8 +245,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"score": score, "id": id_col, "inputs": {"scores": paths[0], "clinical": paths[1]},
                                **counts, "score_normality": corr.attrs["score_normality"],
                                "correlations": _records(corr), "normality": _records(norm)}
-    if cfg.group_by:
-        group, how = group_column(table, str(cfg.group_by), paths[1])
+    if group is not None:
         others = [c for c in [score, *variables] if c not in (group, str(cfg.group_by))]
         groups = group_comparison(table, group, others, types=types, alpha=float(cfg.alpha))
         _write(out, "groups", groups, f"Comparison between the groups of {group} ({how})", md)

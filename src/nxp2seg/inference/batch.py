@@ -114,10 +114,12 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
     for a problem of the case itself (``KeyboardInterrupt`` and ``SystemExit`` still stop)."""
     t0 = time.perf_counter()
     d = case_dir(out, case.case_id) if case.case_id and "/" not in case.case_id else None
+    writing = False
     try:
         if d is None or case.error:
             raise CaseError(case.error or f"case id {case.case_id!r} cannot be a folder name")
         pred = predictor.predict_case(case)
+        writing = True
         files = ["seg.nii.gz"]
         t1 = pred.t1_image
         d.mkdir(parents=True, exist_ok=True)
@@ -142,10 +144,14 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - one bad case never stops the batch
-        msg = str(e) if isinstance(e, CaseError) else (
-            f"{case.case_id}: unexpected {type(e).__name__}: {e} (please report this with the traceback "
-            "in the log)")
-        if not isinstance(e, CaseError):
+        if isinstance(e, CaseError):
+            msg = str(e)
+        elif isinstance(e, OSError) and writing:  # a full disk, a folder made read-only mid-run
+            msg = (f"{case.case_id}: cannot write its results to {d} ({e.strerror or e}); free space on "
+                   "the output disk (or make the folder writable) and rerun: finished cases are skipped")
+        else:
+            msg = (f"{case.case_id}: unexpected {type(e).__name__}: {e} (please report this with the "
+                   "traceback in the log)")
             log.error("case %s failed:\n%s", case.case_id, traceback.format_exc())
         report = failed_report(case.case_id, case.subject_id, case.station, msg,
                                round(time.perf_counter() - t0, 3), _inputs_of(case))

@@ -12,6 +12,7 @@ turns one :class:`~nxp2seg.inference.inputs.CaseInput` into a
 3. **segment**: sliding-window inference with the bundle's settings (flip
    test-time augmentation included); the station is the given one, or the one
    whose compartments the unmasked network finds more of (reported as inferred);
+   a given station the network clearly doubts gets a ``station_warning``;
 4. **grade**: the grading head's whole-volume pass
    (:meth:`~nxp2seg.models.myositis.GradingNet.predict`), the pass it was trained on;
 5. **map back**: class probabilities resampled through the affines onto the
@@ -53,6 +54,10 @@ __all__ = ["MAX_VOXELS", "CaseError", "CasePrediction", "Predictor", "load_case_
 
 #: Larger images are refused before their data are read (header shape only).
 MAX_VOXELS = 2048 * 2048 * 512
+#: A T1 whose slice axis points further than this from the patient's superior axis is not axial.
+MAX_AXIAL_TILT_DEG = 45.0
+#: A given station is questioned when the other station's mean foreground confidence is higher by this.
+STATION_CONFIDENCE_MARGIN = 0.02
 
 
 class CaseError(ValueError):
@@ -102,7 +107,7 @@ def _load_nifti(path: Path, what: str, case_id: str) -> nib.Nifti1Image:
         raise CaseError(f"{case_id}: {what} {path} has {math.prod(shape):,} voxels (shape {shape}), "
                         f"more than nxp2seg accepts ({MAX_VOXELS:,}); check the header or crop it")
     dtype = img.get_data_dtype()
-    if dtype.kind in "cb" or dtype.names is not None:
+    if dtype.kind not in "iuf" or dtype.names is not None:  # complex, bool, 1-bit, RGB, ...
         raise CaseError(f"{case_id}: {what} {path} has data type {dtype}; an MR magnitude image "
                         "is integer or real")
     return img
@@ -121,6 +126,26 @@ def _data(img: nib.Nifti1Image, what: str, path: Any, case_id: str) -> np.ndarra
         raise CaseError(f"{case_id}: {what} {path} is constant ({float(data.flat[0]):g} everywhere); "
                         "it holds no image")
     return data
+
+
+def _check_axial(img: nib.Nifti1Image, what: str, path: Path, case_id: str) -> None:
+    """Refuse an image whose slice axis (the axis of clearly largest spacing) is not superior-inferior.
+
+    Near-isotropic grids (largest spacing within 10% of the next) say nothing about
+    the acquisition plane and pass. DICOM series are checked by their slice normal.
+    """
+    a = np.asarray(img.affine, dtype=float)[:3, :3]
+    spacing = np.linalg.norm(a, axis=0)
+    order = np.argsort(spacing)
+    k = int(order[-1])
+    if not spacing[k] > 1.1 * spacing[order[-2]]:
+        return
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(a[2, k]) / spacing[k]))))
+    if tilt > MAX_AXIAL_TILT_DEG:
+        plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(a[:, k])))]
+        raise CaseError(f"{case_id}: {what} {path} is not an axial acquisition: its slice axis (array axis "
+                        f"{k}, {spacing[k]:.3g} mm) points {tilt:.0f} degrees from the patient's superior "
+                        f"axis ({plane} slices); nxp2seg expects axial T1 and STIR: export the axial series")
 
 
 def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
@@ -150,6 +175,8 @@ def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, 
         else:
             path = Path(case.stir if key == "stir" else case.t1)
             img = _load_nifti(path, key.upper(), case.case_id)
+            if key == "t1":
+                _check_axial(img, "T1", path, case.case_id)
         sources[key] = path
         images[key] = img
     t1, stir = images["t1"], images["stir"]
@@ -261,15 +288,23 @@ class Predictor:
 
         t0 = time.perf_counter()
         with self._autocast():
-            logits = self.segmenter.infer(x, None if case.station is None else self._allowed(case.station))
+            logits = self.segmenter.infer(x, None)  # unmasked; masked to the station below
         notes = []
+        likely, counts = self._infer_station(logits)
+        station_warning = None
         if case.station is None:
-            station, counts = self._infer_station(logits)
-            logits = mask_logits(logits, self._allowed(station))
-            source = "inferred"
+            station, source = likely, "inferred"
             notes.append(f"station inferred as {station} (mean foreground confidence per station: {counts})")
         else:
             station, source = case.station, "given"
+            other = next(s for s in STATIONS if s != station)
+            if counts[other] - counts[station] > STATION_CONFIDENCE_MARGIN:
+                station_warning = (
+                    f"{case.case_id}: the station is given as {station}, but the network is more confident "
+                    f"that this is a {other} exam (mean foreground confidence per station: {counts}); "
+                    f"check the station in the manifest or cases.csv (the case was processed as {station})")
+                notes.append(station_warning)
+        logits = mask_logits(logits, self._allowed(station))
         probs = torch.softmax(logits.float(), dim=1)[0]
         t["network"] = time.perf_counter() - t0
 
@@ -291,6 +326,7 @@ class Predictor:
         edema, stir_ref = edema_map(stir_native, t1_native, muscle)
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
         regions, case_row = self._tables(case, station, source, labels, edema, voxel_ml, grades)
+        case_row["station_warning"] = station_warning
         t["postprocess"] = time.perf_counter() - t0
         geometry = {
             "t1": {**describe_geometry(t1_img), "source": case.source},
