@@ -64,12 +64,12 @@ def predict(cfg: DictConfig) -> Any:
         raise ValueError("output=DIR is required")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
+    device = _device(str(cfg.device))  # before anything is created
     bundle = load_bundle(cfg.model)
     cases = discover_cases(cfg.input, manifest=cfg.manifest, split=cfg.split)
     roots = [Path(cfg.input)] if cfg.input and Path(cfg.input).is_dir() else []
     roots += sorted({p.parent if p.is_file() else p for c in cases for p in (c.t1, c.stir) if p is not None})
     out = check_output(Path(cfg.output), roots)
-    device = _device(str(cfg.device))
     model_info = {"bundle": str(Path(cfg.model).resolve()), "version": bundle.manifest.get("version"),
                   "commit": bundle.manifest.get("commit"), "grading": bundle.has_grading,
                   "grade_scale": bundle.grade_scale.name}

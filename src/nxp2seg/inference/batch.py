@@ -207,7 +207,8 @@ def run_batch(
     from nxp2seg.inference.distributed import is_main_process
 
     if is_main_process():
-        write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
+        tables = write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
+        _keep_unsaved_errors(out, tables["cases"], reports)
     failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") != "ok"]
     return BatchSummary(
         n_cases=len(cases), ok=sum(r.get("status") == "ok" for r in reports.values()),
@@ -246,6 +247,21 @@ def _loop(predictor: Predictor | None, pending: Sequence[CaseInput], out: Path, 
                 log.warning("%s failed: %s", case.case_id, rep.get("error"))
             bar.advance(task)
     return reports
+
+
+def _keep_unsaved_errors(out: Path, table: Any, reports: dict[str, dict[str, Any]]) -> None:
+    """Failed cases of this run whose ``report.json`` could not be written (an unsafe case id is
+    never made a folder; a full disk) keep their own error in ``cases.csv``, not "no report.json"."""
+    from nxp2seg.io import write_csv
+
+    rows = table["status"].eq("failed") & table["error"].fillna("").astype(str).str.startswith("no report.json")
+    lost = {cid: r for cid, r in reports.items() if r.get("status") == "failed"}
+    rows &= table["case_id"].isin(list(lost))
+    if not rows.any():
+        return
+    for col in ("error", "subject_id", "station"):
+        table.loc[rows, col] = table.loc[rows, "case_id"].map(lambda cid, col=col: lost[cid].get(col))
+    write_csv(table, Path(out) / "cases.csv")
 
 
 def _clean_work(out: Path) -> None:

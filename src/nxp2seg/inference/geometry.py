@@ -44,7 +44,7 @@ def resample_to_grid(
     m = voxel_map(src_affine, dst_affine)
     return ndimage.affine_transform(
         np.asarray(data, dtype=np.float32), m[:3, :3], m[:3, 3], output_shape=tuple(int(s) for s in dst_shape),
-        order=order, mode="constant", cval=cval, prefilter=False,
+        order=order, mode="grid-constant", cval=cval, prefilter=False,
     )
 
 
