@@ -2,7 +2,7 @@
 """Seconds per two-station exam, end to end, against the hardware's limit and a hand-written baseline.
 
 Usage: python scripts/benchmark_inference.py BUNDLE [--cohort DIR] [--subjects 2] [--device cpu]
-                                             [--threads N] [--json OUT] [--no-baseline]
+                                             [--threads N] [--json OUT] [--no-baseline] [--no-tta]
 
 * **Exams**: ``full``-preset phantom subjects (T1 + STIR of both thighs and both
   calves, ~384x288x24 at ~1.0-1.3 mm), generated into ``--cohort`` when it has
@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-tta", action="store_true", help="predict without the mirror test-time augmentation")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,7 +163,7 @@ def main() -> None:
     cohort = Cohort.open(args.cohort)
     bundle = load_bundle(args.bundle)
     t0 = time.perf_counter()
-    predictor = Predictor(bundle, device=device)
+    predictor = Predictor(bundle, device=device, flip_tta=False if args.no_tta else None)
     setup_s = time.perf_counter() - t0
     cases = discover_cases(args.cohort)
     out = Path(args.cohort).parent / "benchmark_predictions"
@@ -213,6 +214,7 @@ def main() -> None:
                     "device": str(device),
                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "bundle": str(args.bundle), "n_exams": len(per_exam), "setup_s": setup_s,
+        "flip_tta": bool(predictor.segmenter.inference_cfg.get("flip_tta")),
         "seconds_per_exam": float(np.mean(exam_s)),
         "stages_s": {k: float(np.mean([t[k] for t in per_exam.values()])) for k in stages},
         "peak_rss_gb": _peak_rss_gb(),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lightning_predict_fn", "is_main_process"]
+__all__ = ["is_main_process", "lightning_predict_fn"]
 
 
 def is_main_process() -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
+import torch
 from scipy import ndimage
 
 __all__ = [
@@ -49,37 +50,93 @@ def resample_to_grid(
 
 
 def probabilities_to_labels(
-    probs: np.ndarray,
+    probs: np.ndarray | torch.Tensor,
     values: Sequence[int],
     src_affine: np.ndarray,
     dst_shape: Sequence[int],
     dst_affine: np.ndarray,
+    chunk_voxels: int = 4_000_000,
+    crop: bool = True,
 ) -> np.ndarray:
     """Label map on a destination grid from class probabilities on the model's grid.
 
-    Each class's probability is resampled trilinearly through the affines (so
-    boundaries fall between model voxels, not on their staircase), then the
-    argmax is taken on the destination grid.
+    All class probabilities are resampled trilinearly through the affines in
+    one ``torch.nn.functional.grid_sample`` call per chunk of destination slices
+    (multi-threaded, on the probabilities' device), so boundaries fall between
+    model voxels rather than on their staircase; the argmax is taken on the
+    destination grid. Outside the model grid the nearest border value is used.
 
     Args:
         probs: ``(K, X, Y, Z)`` probabilities of the classes ``values`` (model grid).
         values: the label value of each of the ``K`` channels.
         src_affine: the model grid's affine; ``dst_*``: the native grid's.
+        chunk_voxels: destination voxels per ``grid_sample`` call (bounds memory
+            to about ``(K + 3) * 4 * chunk_voxels`` bytes).
+        crop: when label 0 (background) is among ``values``, resample only the
+            destination box around the voxels where background does not win on the
+            model grid (grown by two model voxels); the rest is background.
 
     Returns:
         ``dst_shape`` array of label values, ``uint8`` (``uint16`` if a value exceeds 255).
     """
-    m = voxel_map(src_affine, dst_affine)
-    best = np.full(tuple(int(s) for s in dst_shape), -1.0, dtype=np.float32)
+    p = torch.as_tensor(probs, dtype=torch.float32)
+    k, *src_shape = p.shape
+    dst_shape = tuple(int(s) for s in dst_shape)
+    m_np = voxel_map(src_affine, dst_affine)
+    m = torch.as_tensor(m_np, dtype=torch.float64)
+    lut = torch.as_tensor(list(values), dtype=torch.int64)
     dtype = np.uint8 if max(values) <= 255 else np.uint16
-    out = np.zeros(best.shape, dtype=dtype)
-    for k, v in enumerate(values):  # one channel at a time: memory stays at two float32 volumes
-        p = ndimage.affine_transform(probs[k].astype(np.float32, copy=False), m[:3, :3], m[:3, 3],
-                                     output_shape=best.shape, order=1, mode="nearest", prefilter=False)
-        better = p > best
-        best[better] = p[better]
-        out[better] = v
+    out = np.empty(dst_shape, dtype=dtype)
+    box = _foreground_box(p, list(values), src_affine, dst_shape, dst_affine) if crop else None
+    if box is not None:  # only the box around the predicted foreground is resampled
+        if box == ():
+            out[...] = 0
+            return out
+        lo, hi = box
+        out[...] = 0
+        sub = tuple(slice(a, b) for a, b in zip(lo, hi))
+        shifted = dst_affine @ np.vstack([np.hstack([np.eye(3), np.asarray(lo, float)[:, None]]), [0, 0, 0, 1]])
+        out[sub] = probabilities_to_labels(p, values, src_affine, [b - a for a, b in zip(lo, hi)], shifted,
+                                           chunk_voxels=chunk_voxels, crop=False)
+        return out
+    # grid_sample's coordinates: (x, y, z) = (last, middle, first) input axis, -1..1 at the centres
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in src_shape], dtype=torch.float64)
+    per_slab = max(1, chunk_voxels // max(1, dst_shape[1] * dst_shape[2]))
+    jj, kk = torch.meshgrid(torch.arange(dst_shape[1], dtype=torch.float64),
+                            torch.arange(dst_shape[2], dtype=torch.float64), indexing="ij")
+    inp = p[None]  # (1, K, X, Y, Z) = (N, C, D, H, W)
+    for i0 in range(0, dst_shape[0], per_slab):
+        ii = torch.arange(i0, min(i0 + per_slab, dst_shape[0]), dtype=torch.float64)
+        idx = torch.stack(torch.broadcast_tensors(ii[:, None, None], jj[None], kk[None]), -1)
+        src = idx @ m[:3, :3].T + m[:3, 3]  # (n, Y, Z, 3) source voxel indices
+        norm = (src * scale - 1.0).flip(-1).to(torch.float32)
+        sampled = torch.nn.functional.grid_sample(
+            inp, norm[None].to(p.device), mode="bilinear", padding_mode="border", align_corners=True
+        )[0]
+        out[i0 : i0 + len(ii)] = lut[sampled.argmax(0).cpu()].numpy().astype(dtype)
     return out
+
+
+def _foreground_box(p: torch.Tensor, values: list[int], src_affine: np.ndarray,
+                    dst_shape: tuple[int, ...], dst_affine: np.ndarray, margin: int = 2):
+    """Destination-voxel box ``(lo, hi)`` holding the model grid's foreground; ``()`` if none;
+    ``None`` when there is no background channel (nothing to crop)."""
+    if 0 not in values:
+        return None
+    fg = p.argmax(0) != values.index(0)
+    if not bool(fg.any()):
+        return ()
+    idx = torch.nonzero(fg)
+    lo = (idx.min(0).values - margin).clamp_min(0).double().numpy()
+    hi = (idx.max(0).values + margin).double().numpy()
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+    to_dst = np.linalg.inv(np.asarray(dst_affine, float)) @ np.asarray(src_affine, float)
+    ijk = nib.affines.apply_affine(to_dst, corners)
+    dlo = np.clip(np.floor(ijk.min(0)).astype(int) - 1, 0, dst_shape)
+    dhi = np.clip(np.ceil(ijk.max(0)).astype(int) + 2, 0, dst_shape)
+    if np.any(dhi <= dlo):
+        return ()
+    return tuple(int(v) for v in dlo), tuple(int(v) for v in dhi)
 
 
 def overlap_fraction(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage) -> float:

@@ -318,8 +318,7 @@ class Predictor:
 
         t0 = time.perf_counter()
         values = sorted(self.schema.station_labels(station))
-        p = probs[values].cpu().numpy()
-        labels = probabilities_to_labels(p, values, model_affine, t1_native.shape, t1_img.affine)
+        labels = probabilities_to_labels(probs[values], values, model_affine, t1_native.shape, t1_img.affine)
         stir_native = resample_to_grid(stir_data, stir_img.affine, t1_native.shape, t1_img.affine)
         region_names = self.schema.region_names(station)
         muscle = np.isin(labels, [v for r in region_names for v in self.schema.regions[r].labels])

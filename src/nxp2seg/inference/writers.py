@@ -196,6 +196,11 @@ def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, e
     from matplotlib.colors import ListedColormap
 
     t1c, stc, labc, edc = (_canonical(a, affine) for a in (t1, stir, labels, edema.astype(np.uint8)))
+    body = np.argwhere((t1c > np.percentile(t1c, 99) * 0.15).any(axis=2) | (labc > 0).any(axis=2))
+    if body.size:  # crop the in-plane field of view to the legs (with a margin)
+        lo = np.maximum(body.min(0) - 4, 0)
+        hi = np.minimum(body.max(0) + 5, t1c.shape[:2])
+        t1c, stc, labc, edc = (a[lo[0]:hi[0], lo[1]:hi[1]] for a in (t1c, stc, labc, edc))
     z_with = np.flatnonzero((labc > 0).any(axis=(0, 1)))
     zs = z_with if z_with.size else np.arange(labc.shape[2])
     picks = np.unique(zs[np.linspace(0, len(zs) - 1, n_slices + 2).round().astype(int)[1:-1]])
@@ -203,7 +208,6 @@ def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, e
     lut = np.zeros((int(max(colors, default=0)) + 1, 4))
     for v, c in colors.items():
         lut[v] = (*(np.array(c) / 255.0), 1.0)
-    lab_cmap = ListedColormap(lut)
     fig, axes = plt.subplots(2, len(picks), figsize=(3.6 * len(picks), 6.4), squeeze=False)
 
     def view(a: np.ndarray, z: int) -> np.ndarray:
@@ -220,12 +224,14 @@ def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, e
             ax = axes[i, j]
             show(ax, img, z)
             lab = view(labc, z)
-            if i == 0:
-                masked = np.ma.masked_where(lab == 0, lab)
-                ax.imshow(masked, cmap=lab_cmap, vmin=0, vmax=len(lut) - 1, alpha=0.35,
-                          interpolation="nearest")
-                for v in np.unique(lab[lab > 0]):
-                    ax.contour(lab == v, levels=[0.5], colors=[lut[int(v)][:3]], linewidths=0.6)
+            if i == 0:  # filled compartments, their outlines opaque (one RGBA image: fast)
+                rgba = lut[lab]
+                rgba[..., 3] = np.where(lab > 0, 0.3, 0.0)
+                edge = np.zeros(lab.shape, bool)
+                edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+                edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+                rgba[edge & (lab > 0), 3] = 1.0
+                ax.imshow(rgba, interpolation="nearest")
             else:
                 ed = view(edc, z)
                 ax.imshow(np.ma.masked_where(ed == 0, ed), cmap=ListedColormap([(1, 0, 0, 1)]),
