@@ -80,7 +80,7 @@ def probabilities_to_labels(
         ``dst_shape`` array of label values, ``uint8`` (``uint16`` if a value exceeds 255).
     """
     p = torch.as_tensor(probs, dtype=torch.float32)
-    k, *src_shape = p.shape
+    _, *src_shape = p.shape
     dst_shape = tuple(int(s) for s in dst_shape)
     m_np = voxel_map(src_affine, dst_affine)
     m = torch.as_tensor(m_np, dtype=torch.float64)
