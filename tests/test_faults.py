@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import compose_train
 
 TESTS = Path(__file__).parent

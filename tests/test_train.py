@@ -99,7 +99,7 @@ def test_callback_options_instantiate(train_overrides, option):
 
     cfg = compose_train([*train_overrides, f"callbacks={option}"])
     callbacks = _instantiate_dict(cfg.callbacks)
-    assert len(callbacks) == {"default": 4, "rich": 4, "none": 0}[option]
+    assert len(callbacks) == {"default": 5, "rich": 5, "none": 0}[option]  # best + last checkpoints, lr, bar, summary
 
 
 @pytest.mark.parametrize(
