@@ -80,6 +80,7 @@ def main() -> None:
         "spacing": [float(s) for s in prep.target_spacing],
         "max_grade": int(dm.grade_scale.max_grade),
         "n_regions": int(dm.n_regions),
+        "bone_label": dm.schema.labels.get("bone"),
         "learn_thresholds": False,
         **grader_overrides,
     }

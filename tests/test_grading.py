@@ -387,3 +387,11 @@ def test_phantom_truth_scores_match_the_phantom():
     assert subjects.total_score.tolist() == subject_df.total_score.tolist()
     e4 = region_df.assign(edema_grade=region_df.edema_grade_extent4)
     assert scores_table(e4, SCHEMA, "extent4")[0].station_score.max() <= 18
+
+
+def test_readers_flag_is_a_strict_majority():
+    from nxp2seg.grading import readers_flag
+
+    got = readers_flag([0.0, 0.5, 1.0, 2 / 3, 1 / 3, np.nan])
+    assert np.array_equal(got[:5], [0.0, 0.0, 1.0, 1.0, 0.0]) and np.isnan(got[5])
+    assert readers_flag(1.0) == 1.0 and isinstance(readers_flag(0.5), float)

@@ -102,7 +102,8 @@ def build_grader(
 
     Runtime arguments: ``feature_channels`` (the network's last decoder width),
     ``spacing`` (target spacing), ``max_grade`` (the cohort's edema scale,
-    ``dataset.json`` ``grade_scale``) and ``n_regions`` (region slots per station);
+    ``dataset.json`` ``grade_scale``), ``n_regions`` (region slots per station) and
+    ``bone_label`` (the schema's ``bone`` label, or ``None``);
     ``overrides`` replace config values (the grading stage: ``learn_thresholds=False``).
 
     Returns:
@@ -119,6 +120,7 @@ def build_grader(
         "spacing": [float(s) for s in datamodule.preprocessing.target_spacing],
         "max_grade": int(datamodule.grade_scale.max_grade),
         "n_regions": int(datamodule.n_regions),
+        "bone_label": datamodule.schema.labels.get("bone"),
         **overrides,
     }
     return _build_with_spec(cfg.model.grading, runtime, "grader.")

@@ -26,6 +26,7 @@ import pandas as pd
 
 from nxp2seg.data.schema import PATTERNS
 from nxp2seg.evaluation.inputs import EvaluationSet
+from nxp2seg.grading.rules import readers_flag
 from nxp2seg.grading.tables import pattern_targets, rater_mean_targets, scores_table
 
 __all__ = ["PairedTables", "build_tables", "rater_col", "raters_of"]
@@ -83,9 +84,8 @@ def _reader_regions(grades: pd.DataFrame, es: EvaluationSet, raters: list[str]) 
     out = mean[keys].copy()
     for col in ("edema_grade", "edema_grade_int", "fat_grade", "fat_grade_int", *FLAGS):
         out[f"{col}_mean"] = mean[col].to_numpy(dtype=float)
-    for flag in FLAGS:  # the readers' call: at least half of them saw it
-        out[f"{flag}_mean"] = np.where(out[f"{flag}_mean"].isna(), np.nan,
-                                       (out[f"{flag}_mean"] >= 0.5).astype(float))
+    for flag in FLAGS:  # the readers' call: more than half of them saw it
+        out[f"{flag}_mean"] = readers_flag(out[f"{flag}_mean"].to_numpy(dtype=float))
     out["n_raters"] = mean["n_raters"].to_numpy()
     for r in raters:
         one = grades[grades["rater"] == r].drop_duplicates(keys).set_index(keys)

@@ -5,7 +5,8 @@ says what each output means in the readers' terms):
 
 * :mod:`~nxp2seg.grading.rules`: arrays (numpy or pandas), last axis = the
   regions of one station: :func:`integer_grade`, :func:`pattern_rule`,
-  :func:`station_score`, :func:`total_score`, :func:`asymmetry`;
+  :func:`station_score`, :func:`total_score`, :func:`asymmetry`,
+  :func:`readers_flag`;
 * :mod:`~nxp2seg.grading.tables`: long tables, for the model's and the
   readers' grades alike: :func:`scores_table`, :func:`rater_mean_targets`,
   :func:`pattern_targets`.
@@ -20,6 +21,7 @@ from nxp2seg.grading.rules import (
     max_station_score,
     max_total_score,
     pattern_rule,
+    readers_flag,
     station_score,
     total_score,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "asymmetry",
     "max_station_score",
     "max_total_score",
+    "readers_flag",
     "scores_table",
     "rater_mean_targets",
     "pattern_targets",

@@ -39,6 +39,7 @@ __all__ = [
     "asymmetry",
     "max_station_score",
     "max_total_score",
+    "readers_flag",
 ]
 
 _PATTERN_ARRAY = np.asarray(PATTERNS, dtype=object)
@@ -153,6 +154,30 @@ def _sum_regions(g: np.ndarray, allow_missing: bool) -> np.ndarray:
     n = (~np.isnan(g)).sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, np.nansum(g, -1) * g.shape[-1] / np.maximum(n, 1), np.nan)
+
+
+def readers_flag(share: Any) -> Any:
+    """The readers' call on a finding (fascial or subcutaneous edema) from the share who saw it.
+
+    Present when **more than half** of the readers flagged it (a strict
+    majority: with two readers both, with three two of them); a split vote is
+    not a finding. NaN (nobody read the region) stays NaN. Why not "at least
+    half": each reader misreads a flag now and then, and with two readers
+    counting a 1-1 split as present makes every single reader's slip a
+    finding; where the finding is rare (about one region in ten) that labels
+    more false findings than true ones. The readers' *share* stays the
+    training target (``fascial_target``, ``subcut_target``); this is the
+    reference for flag AUC, sensitivity and specificity.
+
+    Args:
+        share: fraction of the readers who flagged it, ``0..1`` (array-like).
+
+    Returns:
+        Float ``1.0`` / ``0.0`` / NaN of the same shape (a float for a scalar).
+    """
+    s = np.asarray(share, dtype=float)
+    out = np.where(np.isnan(s), np.nan, (s > 0.5).astype(float))
+    return float(out) if out.ndim == 0 else out
 
 
 def station_score(grades: Any, *, allow_missing: bool = False) -> Any:

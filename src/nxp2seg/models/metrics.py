@@ -35,12 +35,13 @@ GRADING_METRICS: tuple[str, ...] = (
 
 
 def _flag_auc(truth_share: np.ndarray, prob: np.ndarray) -> float:
+    from nxp2seg.grading import readers_flag
     from nxp2seg.stats.agreement import roc_auc
 
     t, p = truth_share.ravel(), prob.ravel()
     keep = np.isfinite(t) & np.isfinite(p)
-    # a finding is present when at least half of the readers saw it (half up, as for grades)
-    return roc_auc((t[keep] >= 0.5).astype(int), p[keep])
+    # a finding is present when more than half of the readers saw it (grading.readers_flag)
+    return roc_auc(readers_flag(t[keep]).astype(int), p[keep])
 
 
 def grading_metrics(
@@ -72,7 +73,7 @@ def grading_metrics(
         (model rounded vs rounded rater mean, half up), ICC(2,1) absolute
         agreement, Spearman and mean absolute error of the continuous grades,
         unweighted kappa and accuracy of the pattern (argmax vs majority), ROC
-        AUC of the flags (present = at least half of the readers), and the
+        AUC of the flags (present = more than half of the readers), and the
         ICC(2,1) of the station score (sum of the regions' grades; cases with
         every region graded).
     """

@@ -1,0 +1,102 @@
+"""Pooling inside soft regions (pure functions): region masks, masked means, box filters.
+
+Shapes: ``B`` cases, ``C`` label values, ``R`` region slots, ``X, Y, Z`` voxels,
+``F`` feature channels. Everything is batched over cases and regions: a soft
+region mask is one einsum of the class probabilities with a ``(B, R, C)``
+membership matrix, a pooled mean one more; no Python loop over regions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["box_mean", "kernel_voxels", "masked_mean", "pool_regions", "region_masks"]
+
+
+
+
+def region_masks(probs: torch.Tensor, membership: torch.Tensor) -> torch.Tensor:
+    """Soft region masks: the probability of each region, summed over its member labels.
+
+    Args:
+        probs: ``(B, C, X, Y, Z)`` class probabilities (softmax of station-masked logits).
+        membership: ``(B, R, C)`` (or ``(R, C)``, shared): 1 where label ``c`` belongs to region ``r``.
+
+    Returns:
+        ``(B, R, X, Y, Z)``, ``w[b, r] = sum_c membership[b, r, c] * probs[b, c]``.
+    """
+    m = membership.to(device=probs.device, dtype=probs.dtype)
+    if m.ndim == 2:
+        m = m.expand(probs.shape[0], *m.shape)
+    return torch.einsum("bcxyz,brc->brxyz", probs, m)
+
+
+def masked_mean(weights: torch.Tensor, features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Weighted mean of every feature channel under every weight map (one batched matmul).
+
+    Args:
+        weights: ``(B, R, X, Y, Z)`` non-negative weights (soft masks).
+        features: ``(B, F, X, Y, Z)``.
+        eps: added to the weight sums (an empty region pools to ~0, not NaN).
+
+    Returns:
+        ``(B, R, F)``: ``sum(w * f) / (sum(w) + eps)`` over the voxels.
+    """
+    num = torch.einsum("brxyz,bfxyz->brf", weights, features.to(weights.dtype))
+    den = weights.sum(dim=(2, 3, 4)).unsqueeze(-1)
+    return num / (den + eps)
+
+
+def pool_regions(
+    probs: torch.Tensor, membership: torch.Tensor, features: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Mean of each feature channel inside each soft region: ``(B, C, ...)``, ``(B, R, C)``,
+    ``(B, F, ...)`` -> ``(B, R, F)``. :func:`region_masks` then :func:`masked_mean`."""
+    return masked_mean(region_masks(probs, membership), features, eps)
+
+
+def kernel_voxels(mm: float, spacing: float) -> int:
+    """Odd box-filter width in voxels covering about ``mm`` millimetres (at least 1)."""
+    return 2 * max(0, round(mm / (2.0 * float(spacing)))) + 1
+
+
+def _box_mean_cumsum(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
+    """Mean over ``[i - half, i + half]`` clipped to the axis ``dim``, by cumulative sums."""
+    n = x.shape[dim]
+    c = torch.cumsum(x, dim=dim)
+    c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)  # c[i] = sum x[:i]
+    i = torch.arange(n, device=x.device)
+    lo, hi = (i - half).clamp(min=0), (i + half + 1).clamp(max=n)
+    total = c.index_select(dim, hi) - c.index_select(dim, lo)
+    shape = [1] * x.ndim
+    shape[dim] = n
+    return total / (hi - lo).to(x.dtype).view(shape)
+
+
+def box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """Separable moving average over the spatial axes (zero-free at borders).
+
+    Args:
+        x: ``(B, K, X, Y, Z)``.
+        kernel: odd widths per spatial axis (1 = untouched).
+
+    Returns:
+        Same shape; each voxel the mean over the window inside the volume.
+    """
+    out = x
+    for axis, k in enumerate(kernel):
+        k = int(k)
+        if k <= 1:
+            continue
+        if k > out.shape[2 + axis]:  # a window wider than the axis (avg_pool3d refuses it)
+            out = _box_mean_cumsum(out, 2 + axis, k // 2)
+            continue
+        size = [1, 1, 1]
+        size[axis] = k
+        pad = [0, 0, 0]
+        pad[axis] = k // 2
+        out = F.avg_pool3d(out, size, stride=1, padding=pad, count_include_pad=False)
+    return out

@@ -1,0 +1,232 @@
+"""A feature vector per graded region: what a reader looks at, pooled inside the soft predicted region.
+
+For each region slot of a station (:mod:`nxp2seg.data.regions`), voxel maps
+are pooled (:func:`~nxp2seg.models.grading.masked_mean`, one batched matmul)
+under three weights:
+
+* the **region** ``w`` (soft mask; ``probs`` are detached, so the grading
+  loss moves the segmentation only through the decoder features);
+* its **outer rim** ``w * box_mean(P(subcutaneous of its side), band)``: the
+  part of the region next to the subcutaneous tissue, where the deep fascia
+  is (fascial edema is a bright band along it);
+* its **subcutaneous sector** ``P(subcutaneous of its side) * box_mean(w, sector)``:
+  the subcutaneous tissue over the region (subcutaneous edema).
+
+With ``reference="muscle"`` (the default) intensities are in tissue units
+(:mod:`nxp2seg.models.tissue`): ``q`` the STIR ratio to the case's normal
+muscle, ``f`` the T1 fat index. Voxel maps:
+
+* ``q``, ``q^2`` (mean and spread), ``f`` (fat), ``m`` = muscle-like T1
+  (``f`` between about -0.3 and 0.3: not fat, septum, vessel or cortex);
+* edema extent ``m * sigmoid((q - tau_k) / s)`` at several STIR thresholds
+  ``tau_k`` (1.15 ... 2.7 times normal muscle), and ``q`` times the map at
+  ``tau = 1.3`` (for the mean brightness of the edematous part);
+* fat ``sigmoid((f - tau_k) / s)`` at several fat-index thresholds;
+* bright STIR with fat-like T1 (reticular subcutaneous edema).
+
+After pooling, for each of the three weights, the share of muscle-like
+voxels above each STIR threshold (extent of edema in the muscle, whatever its
+fat) and the mean ratio of the edematous voxels (mild vs moderate edema) are
+added, then ``log(1 + volume ml)`` of the region and the case's
+:func:`~nxp2seg.models.tissue.reference_context` (the same for every region
+of a case). ``reference="none"`` pools the normalised T1 and STIR as they
+come (foreground z-scores) with soft thresholds in those units.
+
+Optionally (``decoder_features``) the network's last decoder features are
+pooled too (``F_dec`` channels under each weight).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nxp2seg.models.pooling import box_mean, kernel_voxels, masked_mean, region_masks
+from nxp2seg.models.tissue import (
+    CONTEXT_FEATURES,
+    reference_context,
+    tissue_reference,
+    tissue_units,
+)
+
+__all__ = ["REFERENCES", "RegionFeatures"]
+
+#: Intensity references of :class:`RegionFeatures`.
+REFERENCES: tuple[str, ...] = ("none", "muscle")
+#: The extent threshold whose map also weighs ``q`` (mean brightness of the edematous part).
+_EDEMA_TAU = 1.3
+#: Muscle-like fat-index window (soft): ``sigmoid((f - lo) / s) * sigmoid((hi - f) / s)``.
+_MUSCLE_LIKE = (-0.3, 0.3)
+#: Bright STIR in fat-like T1: (STIR ratio above, fat index above).
+_SUBCUT_EDEMA = (0.7, 0.3)
+_WEIGHTS = 3  # region, outer rim, subcutaneous sector
+
+
+class RegionFeatures(nn.Module):
+    """Region feature vectors from soft region masks, the image and the decoder features.
+
+    Args:
+        feature_channels: decoder channels (:attr:`~nxp2seg.models.grading.FeatureTap.channels`).
+        spacing: voxel size in mm (the target spacing), for volumes and kernels.
+        stir_thresholds: ``tau`` of the STIR extent maps (STIR ratio with
+            ``reference="muscle"``, z-score units with ``"none"``).
+        t1_thresholds: ``tau`` of the fat maps (fat index / z-score units).
+        softness: ``s`` of the soft thresholds (same units).
+        band_mm, sector_mm: in-plane widths of the rim and sector filters.
+        learn_thresholds: make ``tau`` trainable (the joint mode).
+        reference: ``"muscle"`` (tissue units, :mod:`nxp2seg.models.tissue`) or ``"none"``.
+        decoder_features: also pool the decoder features.
+        bone_label: label value of bone (marrow STIR in the reference context; ``None``: skipped).
+        eps: of the pooled means.
+    """
+
+    def __init__(
+        self,
+        feature_channels: int,
+        spacing: Sequence[float],
+        stir_thresholds: Sequence[float] = (1.15, 1.3, 1.5, 1.8, 2.2, 2.7),
+        t1_thresholds: Sequence[float] = (0.1, 0.25, 0.5, 0.75),
+        softness: float = 0.06,
+        band_mm: float = 5.0,
+        sector_mm: float = 30.0,
+        learn_thresholds: bool = True,
+        reference: str = "muscle",
+        decoder_features: bool = True,
+        bone_label: int | None = None,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if reference not in REFERENCES:
+            raise ValueError(f"RegionFeatures.reference must be one of {REFERENCES}, not {reference!r}")
+        self.reference = reference
+        self.decoder_features = bool(decoder_features)
+        self.feature_channels = int(feature_channels) if self.decoder_features else 0
+        self.spacing = [float(s) for s in spacing]
+        self.softness = float(softness)
+        self.bone_label = None if bone_label is None else int(bone_label)
+        self.eps = float(eps)
+        self.voxel_ml = math.prod(self.spacing) / 1000.0
+        stir = torch.tensor([float(t) for t in stir_thresholds])
+        t1 = torch.tensor([float(t) for t in t1_thresholds])
+        if learn_thresholds:
+            self.stir_tau = nn.Parameter(stir)
+            self.t1_tau = nn.Parameter(t1)
+        else:
+            self.register_buffer("stir_tau", stir)
+            self.register_buffer("t1_tau", t1)
+        self._edema_k = int(torch.argmin((stir - _EDEMA_TAU).abs()))
+        # in-plane only: fascia and subcutaneous tissue surround the region within a slice
+        self.band_kernel = [kernel_voxels(band_mm, s) for s in self.spacing[:2]] + [1]
+        self.sector_kernel = [kernel_voxels(sector_mm, s) for s in self.spacing[:2]] + [1]
+
+    # -- sizes -------------------------------------------------------------------
+    @property
+    def n_stir(self) -> int:
+        return int(self.stir_tau.numel())
+
+    @property
+    def voxel_channels(self) -> int:
+        """Voxel maps pooled under each weight."""
+        n = self.feature_channels + self.n_stir + int(self.t1_tau.numel())
+        if self.reference == "none":
+            return n + 4  # t1, stir, their squares
+        return n + 6  # q, q^2, f, m, q * edema, subcutaneous edema
+
+    @property
+    def derived_features(self) -> int:
+        """Ratios computed after pooling, per weight (``"muscle"`` only)."""
+        return 0 if self.reference == "none" else self.n_stir + 1
+
+    @property
+    def context_features(self) -> int:
+        return 0 if self.reference == "none" else len(CONTEXT_FEATURES)
+
+    @property
+    def out_features(self) -> int:
+        return _WEIGHTS * (self.voxel_channels + self.derived_features) + 1 + self.context_features
+
+    # -- maps --------------------------------------------------------------------
+    def _soft(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((x - tau.view(1, -1, 1, 1, 1)) / self.softness)
+
+    def voxel_maps(self, image: torch.Tensor, decoder: torch.Tensor | None) -> torch.Tensor:
+        """``(B, Fv, X, Y, Z)`` maps of ``image`` (``(B, 2, ...)``: T1, STIR in the reference's units)."""
+        t1, stir = image[:, 0:1].float(), image[:, 1:2].float()
+        maps = [decoder.float()] if self.feature_channels and decoder is not None else []
+        if self.reference == "none":
+            return torch.cat(
+                maps + [t1, stir, t1 * t1, stir * stir, self._soft(stir, self.stir_tau), self._soft(t1, self.t1_tau)],
+                dim=1,
+            )
+        q, f = stir.clamp(0.0, 6.0), t1.clamp(-1.0, 2.0)
+        s = self.softness
+        lo, hi = _MUSCLE_LIKE
+        m = torch.sigmoid((f - lo) / s) * torch.sigmoid((hi - f) / s)
+        extent = m * self._soft(q, self.stir_tau)
+        q_min, f_min = _SUBCUT_EDEMA
+        subcut = torch.sigmoid((q - q_min) / (2 * s)) * torch.sigmoid((f - f_min) / (2 * s))
+        edema_q = q * extent[:, self._edema_k : self._edema_k + 1]
+        return torch.cat(maps + [q, q * q, f, m, extent, self._soft(f, self.t1_tau), edema_q, subcut], dim=1)
+
+    def _derived(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Per weight: extent among muscle-like voxels, mean STIR ratio of the edematous ones."""
+        c = self.feature_channels
+        m = pooled[..., c + 3 : c + 4]
+        extent = pooled[..., c + 4 : c + 4 + self.n_stir]
+        k = c + 4 + self.n_stir + int(self.t1_tau.numel())
+        edema_q = pooled[..., k : k + 1]
+        share = extent / (m + 1e-3)
+        brightness = edema_q / (extent[..., self._edema_k : self._edema_k + 1] + 1e-3)
+        return torch.cat([share, brightness], dim=-1)
+
+    def forward(
+        self,
+        probs: torch.Tensor,
+        image: torch.Tensor,
+        decoder: torch.Tensor | None,
+        membership: torch.Tensor,
+        subcut: torch.Tensor,
+    ) -> torch.Tensor:
+        """Region feature vectors.
+
+        Args:
+            probs: ``(B, C, X, Y, Z)`` class probabilities (detached here).
+            image: ``(B, >=2, X, Y, Z)`` normalised T1, STIR (, laterality).
+            decoder: ``(B, D, X, Y, Z)`` decoder features (gradients flow), or ``None``
+                without ``decoder_features``.
+            membership: ``(B, R, C)`` region slots (:func:`nxp2seg.data.regions.region_membership`).
+            subcut: ``(B, R, C)`` subcutaneous label of each slot's side.
+
+        Returns:
+            ``(B, R, out_features)``.
+        """
+        # sums over ~10^5-10^6 voxels: in float32 even under mixed precision
+        with torch.autocast(device_type=probs.device.type, enabled=False):
+            probs = probs.detach().float()
+            b, r = membership.shape[0], membership.shape[-2]
+            w = region_masks(probs, membership)  # (B, R, ...)
+            side_fat = region_masks(probs, subcut)  # (B, R, ...): subcutaneous of each slot's side
+            rim = w * box_mean(side_fat, self.band_kernel)
+            sector = side_fat * box_mean(w, self.sector_kernel)
+            weights = torch.cat([w, rim, sector], dim=1)  # (B, 3R, ...)
+            context = None
+            if self.reference == "muscle":
+                muscle, fat = w.sum(dim=1), side_fat.amax(dim=1)
+                ref = tissue_reference(image, muscle, fat)
+                q, f = tissue_units(image, ref)
+                bone = probs[:, self.bone_label] if self.bone_label is not None else torch.zeros_like(muscle)
+                context = reference_context(q, f, muscle, fat, bone)
+                image = torch.cat([f, q], dim=1)
+            maps = self.voxel_maps(image[:, :2], decoder)
+            pooled = masked_mean(weights, maps, self.eps).view(b, _WEIGHTS, r, -1)  # (B, 3, R, Fv)
+            if self.derived_features:
+                pooled = torch.cat([pooled, self._derived(pooled)], dim=-1)
+        pooled = pooled.permute(0, 2, 1, 3).reshape(b, r, -1)
+        volume = torch.log1p(w.sum(dim=(2, 3, 4)) * self.voxel_ml).unsqueeze(-1)
+        parts = [pooled, volume]
+        if context is not None:
+            parts.append(context.unsqueeze(1).expand(b, r, context.shape[-1]))
+        return torch.cat(parts, dim=-1)
