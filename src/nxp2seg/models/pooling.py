@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["box_mean", "kernel_voxels", "masked_mean", "pool_regions", "region_masks"]
+__all__ = ["box_mean", "kernel_voxels", "masked_mean", "pool_regions", "region_masks", "weighted_quantiles"]
 
 
 
@@ -99,4 +99,40 @@ def box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
         pad = [0, 0, 0]
         pad[axis] = k // 2
         out = F.avg_pool3d(out, size, stride=1, padding=pad, count_include_pad=False)
+    return out
+
+
+def weighted_quantiles(values: torch.Tensor, weights: torch.Tensor, quantiles: Sequence[float]) -> torch.Tensor:
+    """Quantiles of one value map under every weight map (a weighted distribution per region).
+
+    One sort per case; the regions' cumulative weights in that order are one
+    ``cumsum`` and the quantiles one ``searchsorted``, batched over regions.
+    Only voxels where some weight is above ``1e-3`` take part.
+
+    Args:
+        values: ``(B, 1, X, Y, Z)`` (or ``(B, X, Y, Z)``).
+        weights: ``(B, R, X, Y, Z)`` non-negative.
+        quantiles: levels in ``[0, 1]``.
+
+    Returns:
+        ``(B, R, Q)``: the smallest value whose cumulative weight reaches each level
+        (0 for a region without weight).
+    """
+    b, r = weights.shape[:2]
+    v = values.reshape(b, -1)
+    w = weights.reshape(b, r, -1)
+    qs = torch.as_tensor(list(quantiles), dtype=w.dtype, device=w.device)
+    out = w.new_zeros(b, r, qs.numel())
+    for i in range(b):  # cases, not regions
+        keep = (w[i] > 1e-3).any(dim=0)
+        if not bool(keep.any()):
+            continue
+        vi, wi = v[i][keep], w[i][:, keep]
+        order = vi.argsort()
+        vs, ws = vi[order], wi[:, order]
+        cw = ws.cumsum(dim=-1)
+        total = cw[:, -1:]
+        target = (qs[None, :] * total).contiguous()
+        idx = torch.searchsorted(cw.contiguous(), target).clamp(max=vs.numel() - 1)
+        out[i] = torch.where(total > 0, vs[idx], torch.zeros_like(target))
     return out

@@ -27,9 +27,14 @@ muscle, ``f`` the T1 fat index. Voxel maps:
 After pooling, for each of the three weights, the share of muscle-like
 voxels above each STIR threshold (extent of edema in the muscle, whatever its
 fat) and the mean ratio of the edematous voxels (mild vs moderate edema) are
-added, then ``log(1 + volume ml)`` of the region and the case's
-:func:`~nxp2seg.models.tissue.reference_context` (the same for every region
-of a case). ``reference="none"`` pools the normalised T1 and STIR as they
+added; then quantiles of ``q`` over the region's muscle-like voxels
+(:data:`QUANTILES`: how bright its brightest and its darkest parts are),
+``log(1 + volume ml)`` of the region and the case's
+:func:`~nxp2seg.models.tissue.reference_context` with the two legs' own
+normal-muscle references over the station's (the same for every region of a
+case). STIR is read against the normal muscle of the region's own leg (the
+laterality channel tells the legs apart): the coil's bias field often leaves
+one leg 10-25% brighter than the other. ``reference="none"`` pools the normalised T1 and STIR as they
 come (foreground z-scores) with soft thresholds in those units.
 
 Optionally (``decoder_features``) the network's last decoder features are
@@ -44,7 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nxp2seg.models.pooling import box_mean, kernel_voxels, masked_mean, region_masks
+from nxp2seg.models.pooling import box_mean, kernel_voxels, masked_mean, region_masks, weighted_quantiles
 from nxp2seg.models.tissue import (
     CONTEXT_FEATURES,
     reference_context,
@@ -58,11 +63,16 @@ __all__ = ["REFERENCES", "RegionFeatures"]
 REFERENCES: tuple[str, ...] = ("none", "muscle")
 #: The extent threshold whose map also weighs ``q`` (mean brightness of the edematous part).
 _EDEMA_TAU = 1.3
-#: Muscle-like fat-index window (soft): ``sigmoid((f - lo) / s) * sigmoid((hi - f) / s)``.
-_MUSCLE_LIKE = (-0.3, 0.3)
+#: Muscle-like fat-index window: ``sigmoid((f - lo) / s) * sigmoid((hi - f) / s)``, ``s`` =
+#: :data:`_MUSCLE_SOFTNESS`: edematous muscle (T1 0.85-1) is in, vessels (T1 0.4-0.7 of
+#: muscle, f ~ -0.2), septa and fat are out.
+_MUSCLE_LIKE = (-0.12, 0.25)
+_MUSCLE_SOFTNESS = 0.03
 #: Bright STIR in fat-like T1: (STIR ratio above, fat index above).
 _SUBCUT_EDEMA = (0.7, 0.3)
 _WEIGHTS = 3  # region, outer rim, subcutaneous sector
+#: Levels of the STIR-ratio distribution of each region's muscle-like voxels.
+QUANTILES: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 
 
 class RegionFeatures(nn.Module):
@@ -76,6 +86,8 @@ class RegionFeatures(nn.Module):
         t1_thresholds: ``tau`` of the fat maps (fat index / z-score units).
         softness: ``s`` of the soft thresholds (same units).
         band_mm, sector_mm: in-plane widths of the rim and sector filters.
+        smooth_mm: in-plane width of the muscle-weighted local mean of ``q`` that the
+            extent maps threshold (noise of single voxels is not edema; ``0``: none).
         learn_thresholds: make ``tau`` trainable (the joint mode).
         reference: ``"muscle"`` (tissue units, :mod:`nxp2seg.models.tissue`) or ``"none"``.
         decoder_features: also pool the decoder features.
@@ -92,6 +104,7 @@ class RegionFeatures(nn.Module):
         softness: float = 0.06,
         band_mm: float = 5.0,
         sector_mm: float = 30.0,
+        smooth_mm: float = 5.0,
         learn_thresholds: bool = True,
         reference: str = "muscle",
         decoder_features: bool = True,
@@ -121,6 +134,7 @@ class RegionFeatures(nn.Module):
         # in-plane only: fascia and subcutaneous tissue surround the region within a slice
         self.band_kernel = [kernel_voxels(band_mm, s) for s in self.spacing[:2]] + [1]
         self.sector_kernel = [kernel_voxels(sector_mm, s) for s in self.spacing[:2]] + [1]
+        self.smooth_kernel = [kernel_voxels(smooth_mm, s) if smooth_mm > 0 else 1 for s in self.spacing[:2]] + [1]
 
     # -- sizes -------------------------------------------------------------------
     @property
@@ -142,11 +156,18 @@ class RegionFeatures(nn.Module):
 
     @property
     def context_features(self) -> int:
-        return 0 if self.reference == "none" else len(CONTEXT_FEATURES)
+        """Case-level features appended to every region: the reference context and
+        the two legs' references over the station's (``"muscle"`` only)."""
+        return 0 if self.reference == "none" else len(CONTEXT_FEATURES) + 2
+
+    @property
+    def quantile_features(self) -> int:
+        return 0 if self.reference == "none" else len(QUANTILES)
 
     @property
     def out_features(self) -> int:
-        return _WEIGHTS * (self.voxel_channels + self.derived_features) + 1 + self.context_features
+        per_weight = self.voxel_channels + self.derived_features
+        return _WEIGHTS * per_weight + self.quantile_features + 1 + self.context_features
 
     # -- maps --------------------------------------------------------------------
     def _soft(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -164,8 +185,10 @@ class RegionFeatures(nn.Module):
         q, f = stir.clamp(0.0, 6.0), t1.clamp(-1.0, 2.0)
         s = self.softness
         lo, hi = _MUSCLE_LIKE
-        m = torch.sigmoid((f - lo) / s) * torch.sigmoid((hi - f) / s)
-        extent = m * self._soft(q, self.stir_tau)
+        m = torch.sigmoid((f - lo) / _MUSCLE_SOFTNESS) * torch.sigmoid((hi - f) / _MUSCLE_SOFTNESS)
+        # the muscle-weighted local mean of q: single noisy voxels are not edema
+        q_local = box_mean(q * m, self.smooth_kernel) / (box_mean(m, self.smooth_kernel) + 1e-3)
+        extent = m * self._soft(q_local, self.stir_tau)
         q_min, f_min = _SUBCUT_EDEMA
         subcut = torch.sigmoid((q - q_min) / (2 * s)) * torch.sigmoid((f - f_min) / (2 * s))
         edema_q = q * extent[:, self._edema_k : self._edema_k + 1]
@@ -212,21 +235,30 @@ class RegionFeatures(nn.Module):
             rim = w * box_mean(side_fat, self.band_kernel)
             sector = side_fat * box_mean(w, self.sector_kernel)
             weights = torch.cat([w, rim, sector], dim=1)  # (B, 3R, ...)
+            extra: list[torch.Tensor] = []
             context = None
             if self.reference == "muscle":
                 muscle, fat = w.sum(dim=1), side_fat.amax(dim=1)
-                ref = tissue_reference(image, muscle, fat)
-                q, f = tissue_units(image, ref)
+                lateral = image[:, 2].float() if image.shape[1] > 2 else None
+                ref = tissue_reference(image, muscle, fat, lateral)
+                q, f = tissue_units(image, ref, lateral)
                 bone = probs[:, self.bone_label] if self.bone_label is not None else torch.zeros_like(muscle)
                 context = reference_context(q, f, muscle, fat, bone)
+                sides = ref.stir_muscle_side if ref.stir_muscle_side is not None else ref.stir_muscle[:, None].expand(-1, 2)
+                legs = (sides - ref.stir_zero[:, None]) / (ref.stir_muscle - ref.stir_zero)[:, None]
+                context = torch.cat([context, legs], dim=-1)
                 image = torch.cat([f, q], dim=1)
             maps = self.voxel_maps(image[:, :2], decoder)
             pooled = masked_mean(weights, maps, self.eps).view(b, _WEIGHTS, r, -1)  # (B, 3, R, Fv)
             if self.derived_features:
                 pooled = torch.cat([pooled, self._derived(pooled)], dim=-1)
+            if self.quantile_features:
+                c = self.feature_channels
+                muscle_like = maps[:, c + 3 : c + 4]
+                extra.append(weighted_quantiles(maps[:, c : c + 1], w * muscle_like, QUANTILES))
         pooled = pooled.permute(0, 2, 1, 3).reshape(b, r, -1)
         volume = torch.log1p(w.sum(dim=(2, 3, 4)) * self.voxel_ml).unsqueeze(-1)
-        parts = [pooled, volume]
+        parts = [pooled, *extra, volume]
         if context is not None:
             parts.append(context.unsqueeze(1).expand(b, r, context.shape[-1]))
         return torch.cat(parts, dim=-1)

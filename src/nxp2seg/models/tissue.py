@@ -114,23 +114,29 @@ class TissueReference:
 
     Attributes:
         stir_zero: STIR of air (signal 0).
-        stir_muscle: STIR of normal muscle (lowest strong peak of clean muscle).
+        stir_muscle: STIR of normal muscle (lowest strong peak of the station's clean muscle).
         t1_muscle: T1 median of the station's muscle.
         t1_fat: T1 median of the subcutaneous fat.
+        stir_muscle_side: ``(B, 2)``, normal muscle of the right and the left leg apart
+            (each leg's own lowest peak; the station's where a leg has too little
+            muscle), or ``None`` without laterality.
     """
 
     stir_zero: torch.Tensor
     stir_muscle: torch.Tensor
     t1_muscle: torch.Tensor
     t1_fat: torch.Tensor
+    stir_muscle_side: torch.Tensor | None = None
 
 
 def tissue_reference(
     image: torch.Tensor,
     muscle: torch.Tensor,
     fat: torch.Tensor,
+    lateral: torch.Tensor | None = None,
     zero_percentile: float = 0.01,
     clean: tuple[float, float] = CLEAN_WINDOW,
+    min_side_voxels: int = 200,
 ) -> TissueReference:
     """Each case's air, normal-muscle and fat references.
 
@@ -138,15 +144,20 @@ def tissue_reference(
         image: ``(B, >=2, X, Y, Z)``: normalised T1, STIR (further channels ignored).
         muscle: ``(B, X, Y, Z)`` soft mask of the station's muscle compartments.
         fat: ``(B, X, Y, Z)`` soft mask of the subcutaneous tissue.
+        lateral: ``(B, X, Y, Z)`` signed distance from the midline (positive: the
+            patient's right; the laterality channel), to also take each leg's own
+            normal muscle: the coil's bias field often leaves one leg 10-25%
+            brighter than the other on STIR.
         zero_percentile: the percentile of the real voxels' STIR taken as signal 0.
         clean: fat-index window of clean muscle.
+        min_side_voxels: fewer clean voxels on a leg: that leg takes the station's reference.
 
     Returns:
         :class:`TissueReference`.
     """
     t1, stir = image[:, 0].float(), image[:, 1].float()
     real = real_voxels(image)
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("zero", "muscle", "t1m", "t1f")}
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("zero", "muscle", "t1m", "t1f", "side")}
     for b in range(image.shape[0]):  # cases, not regions
         m, f = muscle[b] > 0.5, fat[b] > 0.5
         t1m = _median(t1[b], m, 0.0)
@@ -159,17 +170,37 @@ def tissue_reference(
         peak = lowest_peak(stir[b][sel]) if bool(sel.any()) else _median(stir[b], m, zero + 1.0)
         if not bool(peak - zero > 1e-3):
             peak = zero + 1.0
-        for k, v in zip(out, (zero, peak, t1m, t1f)):
+        sides = []
+        for sign in (1.0, -1.0):  # right, left
+            if lateral is None:
+                break
+            leg = sel & (lateral[b] * sign > 0)
+            p = lowest_peak(stir[b][leg]) if int(leg.sum()) >= min_side_voxels else peak
+            sides.append(p if bool(p - zero > 1e-3) else peak)
+        for k, v in zip(out, (zero, peak, t1m, t1f, torch.stack(sides) if sides else None)):
             out[k].append(v)
-    s = {k: torch.stack(v) for k, v in out.items()}
-    return TissueReference(stir_zero=s["zero"], stir_muscle=s["muscle"], t1_muscle=s["t1m"], t1_fat=s["t1f"])
+    s = {k: torch.stack(v) for k, v in out.items() if k != "side"}
+    side = torch.stack(out["side"]) if lateral is not None else None
+    return TissueReference(
+        stir_zero=s["zero"], stir_muscle=s["muscle"], t1_muscle=s["t1m"], t1_fat=s["t1f"], stir_muscle_side=side
+    )
 
 
-def tissue_units(image: torch.Tensor, ref: TissueReference) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(stir_ratio, fat_index)``, each ``(B, 1, X, Y, Z)``: STIR over normal muscle, T1 from muscle to fat."""
+def tissue_units(
+    image: torch.Tensor, ref: TissueReference, lateral: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(stir_ratio, fat_index)``, each ``(B, 1, X, Y, Z)``: STIR over normal muscle, T1 from muscle to fat.
+
+    With ``lateral`` (``(B, X, Y, Z)``, positive on the right) and per-leg references,
+    each voxel's STIR is read against the normal muscle of its own leg.
+    """
     v = (-1, 1, 1, 1, 1)
     t1, stir = image[:, 0:1].float(), image[:, 1:2].float()
-    q = (stir - ref.stir_zero.view(v)) / (ref.stir_muscle - ref.stir_zero).view(v)
+    muscle = ref.stir_muscle.view(v)
+    if lateral is not None and ref.stir_muscle_side is not None:
+        right, left = ref.stir_muscle_side[:, 0].view(v), ref.stir_muscle_side[:, 1].view(v)
+        muscle = torch.where(lateral[:, None] > 0, right, left)
+    q = (stir - ref.stir_zero.view(v)) / (muscle - ref.stir_zero.view(v))
     f = (t1 - ref.t1_muscle.view(v)) / (ref.t1_fat - ref.t1_muscle).view(v)
     return q, f
 
