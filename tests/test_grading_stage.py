@@ -144,16 +144,35 @@ def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
     keys = set(bundle.state_dict)
     assert {k.split(".")[0] for k in keys} == {"net", "grader"}
     assert {f"grader.{k}" for k in model.grader.state_dict()} <= keys
-    # the kept head is that of the epoch with the best validation edema kappa (ties: loss)
-    assert stage["monitor"] == "edema_kappa_quadratic"
+    # the default schedule keeps the last epoch's head; its validation loss is the last logged
+    assert stage["monitor"] == "last" and stage["best_epoch"] == STAGE_EPOCHS - 1
     history = objects["grading_stage"].history
-    assert len(history["val_loss"]) == len(history["val_kappa"]) == STAGE_EPOCHS
+    assert len(history["val_loss"]) == STAGE_EPOCHS and "val_kappa" not in history
+    assert validation["val"]["grading_loss"] == pytest.approx(history["val_loss"][-1], rel=1e-5)
+
+
+def test_kappa_monitor_keeps_the_best_validation_epoch(staged_run):
+    """monitor=edema_kappa_quadratic: the kept head is that of the best validation kappa (ties: loss)."""
+    from nxp2seg.models.grading import GradingHead
+    from nxp2seg.models.grading_stage import StageOptions, fit_head, head_rows
+    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
+    from nxp2seg.models.metrics import grading_metrics
+
+    _, objects = staged_run
+    feats, scale = objects["grading_stage"].features, objects["datamodule"].grade_scale
+    head = GradingHead(feats["train"].x.shape[-1], scale.max_grade)
+    options = StageOptions(enabled=True, epochs=12, monitor="edema_kappa_quadratic")
+    fit = fit_head(head, feats["train"], feats["val"], options, DEFAULT_LOSS_WEIGHTS, scale=scale)
+    history = fit["history"]
+    assert len(history["val_loss"]) == len(history["val_kappa"]) == 12
     kappa = np.nan_to_num(history["val_kappa"], nan=-np.inf)
     loss = np.nan_to_num(history["val_loss"], nan=np.inf)
-    best = max(range(STAGE_EPOCHS), key=lambda e: (kappa[e], -loss[e]))
-    assert stage["best_epoch"] == best
-    np.testing.assert_equal(validation["val"]["edema_kappa_quadratic"], history["val_kappa"][best])
-    assert validation["val"]["grading_loss"] == pytest.approx(history["val_loss"][best], rel=1e-5)
+    best = max(range(12), key=lambda e: (kappa[e], -loss[e]))
+    assert fit["best_epoch"] == best
+    rows = head_rows(head, feats["val"])
+    rows["pattern_index"] = rows["pattern_index"].reshape(-1)
+    got = grading_metrics(scale, **rows)["edema_kappa_quadratic"]
+    np.testing.assert_equal(got, history["val_kappa"][best])
 
 
 def test_head_grades_the_same_from_the_bundle(staged_run):

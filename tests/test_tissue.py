@@ -128,8 +128,17 @@ def test_region_features_extent_and_brightness_by_hand():
 def test_region_features_sizes_and_options():
     with_dec = RegionFeatures(16, (2.0, 2.0, 5.0))
     without = RegionFeatures(16, (2.0, 2.0, 5.0), decoder_features=False)
-    assert with_dec.out_features - without.out_features == 3 * 16
+    assert with_dec.out_features - without.out_features == 4 * 16  # pooled under 4 weights
     z = RegionFeatures(16, (2.0, 2.0, 5.0), reference="none", stir_thresholds=(0.5, 1.0), t1_thresholds=(0.0,))
-    assert z.out_features == 3 * (16 + 4 + 2 + 1) + 1
+    assert z.out_features == 4 * (16 + 4 + 2 + 1) + 1
     with pytest.raises(ValueError, match="reference"):
         RegionFeatures(4, (2.0, 2.0, 5.0), reference="peak")
+
+
+def test_feature_names_match_the_columns():
+    for kw in ({}, {"decoder_features": False}, {"reference": "none"}):
+        feats = RegionFeatures(8, (2.0, 2.0, 5.0), **kw)
+        names = feats.feature_names()
+        assert len(names) == feats.out_features and len(set(names)) == len(names)
+    names = RegionFeatures(0, (2.0, 2.0, 5.0), decoder_features=False).feature_names()
+    assert names[0] == "region/q" and "rim/extent>1.8" in names and names[-1] == "case/leg_left"

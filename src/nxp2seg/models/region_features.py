@@ -2,13 +2,15 @@
 
 For each region slot of a station (:mod:`nxp2seg.data.regions`), voxel maps
 are pooled (:func:`~nxp2seg.models.grading.masked_mean`, one batched matmul)
-under three weights:
+under four weights:
 
 * the **region** ``w`` (soft mask; ``probs`` are detached, so the grading
   loss moves the segmentation only through the decoder features);
 * its **outer rim** ``w * box_mean(P(subcutaneous of its side), band)``: the
   part of the region next to the subcutaneous tissue, where the deep fascia
-  is (fascial edema is a bright band along it);
+  is (fascial edema is a bright band along it), and the **fat next to it**
+  ``P(subcutaneous) * box_mean(w, band)`` (the fascia's other side: dark on
+  STIR unless the fascia is edematous);
 * its **subcutaneous sector** ``P(subcutaneous of its side) * box_mean(w, sector)``:
   the subcutaneous tissue over the region (subcutaneous edema).
 
@@ -22,13 +24,17 @@ muscle, ``f`` the T1 fat index. Voxel maps:
   ``tau_k`` (1.15 ... 2.7 times normal muscle), and ``q`` times the map at
   ``tau = 1.3`` (for the mean brightness of the edematous part);
 * fat ``sigmoid((f - tau_k) / s)`` at several fat-index thresholds;
-* bright STIR with fat-like T1 (reticular subcutaneous edema).
+* bright STIR with fat-like T1 (reticular subcutaneous edema), and the fat
+  fraction ``clip(f, 0, 1)``.
 
 After pooling, for each of the three weights, the share of muscle-like
 voxels above each STIR threshold (extent of edema in the muscle, whatever its
 fat) and the mean ratio of the edematous voxels (mild vs moderate edema) are
 added; then quantiles of ``q`` over the region's muscle-like voxels
-(:data:`QUANTILES`: how bright its brightest and its darkest parts are),
+(:data:`QUANTILES`: how bright its brightest and its darkest parts are) and
+of ``f`` over the whole region (:data:`FAT_QUANTILES`), of ``q`` on the
+outer rim and in the muscle beneath it (a dark fascia line over bright
+muscle is muscle edema; a bright line is fascial edema),
 ``log(1 + volume ml)`` of the region and the case's
 :func:`~nxp2seg.models.tissue.reference_context` with the two legs' own
 normal-muscle references over the station's (the same for every region of a
@@ -70,9 +76,14 @@ _MUSCLE_LIKE = (-0.12, 0.25)
 _MUSCLE_SOFTNESS = 0.03
 #: Bright STIR in fat-like T1: (STIR ratio above, fat index above).
 _SUBCUT_EDEMA = (0.7, 0.3)
-_WEIGHTS = 3  # region, outer rim, subcutaneous sector
+_WEIGHTS = 4  # region, outer rim, the fat next to it, subcutaneous sector
 #: Levels of the STIR-ratio distribution of each region's muscle-like voxels.
 QUANTILES: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+#: Levels of the fat-index distribution of each region's voxels.
+FAT_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9)
+#: Levels of the STIR ratio on the outer rim, and beneath it (the muscle 1-3 rim widths in).
+RIM_QUANTILES: tuple[float, ...] = (0.5, 0.75, 0.9)
+BENEATH_QUANTILES: tuple[float, ...] = (0.5,)
 
 
 class RegionFeatures(nn.Module):
@@ -133,6 +144,7 @@ class RegionFeatures(nn.Module):
         self._edema_k = int(torch.argmin((stir - _EDEMA_TAU).abs()))
         # in-plane only: fascia and subcutaneous tissue surround the region within a slice
         self.band_kernel = [kernel_voxels(band_mm, s) for s in self.spacing[:2]] + [1]
+        self.beneath_kernel = [kernel_voxels(3 * band_mm, s) for s in self.spacing[:2]] + [1]
         self.sector_kernel = [kernel_voxels(sector_mm, s) for s in self.spacing[:2]] + [1]
         self.smooth_kernel = [kernel_voxels(smooth_mm, s) if smooth_mm > 0 else 1 for s in self.spacing[:2]] + [1]
 
@@ -147,7 +159,7 @@ class RegionFeatures(nn.Module):
         n = self.feature_channels + self.n_stir + int(self.t1_tau.numel())
         if self.reference == "none":
             return n + 4  # t1, stir, their squares
-        return n + 6  # q, q^2, f, m, q * edema, subcutaneous edema
+        return n + 7  # q, q^2, f, m, q * edema, subcutaneous edema, fat fraction
 
     @property
     def derived_features(self) -> int:
@@ -162,12 +174,37 @@ class RegionFeatures(nn.Module):
 
     @property
     def quantile_features(self) -> int:
-        return 0 if self.reference == "none" else len(QUANTILES)
+        if self.reference == "none":
+            return 0
+        return len(QUANTILES) + len(FAT_QUANTILES) + len(RIM_QUANTILES) + len(BENEATH_QUANTILES)
 
     @property
     def out_features(self) -> int:
         per_weight = self.voxel_channels + self.derived_features
         return _WEIGHTS * per_weight + self.quantile_features + 1 + self.context_features
+
+    def feature_names(self) -> list[str]:
+        """Names of the :attr:`out_features` columns, in order (e.g. ``rim/extent>1.8``)."""
+        stir = [f"{t:g}" for t in self.stir_tau.tolist()]
+        t1 = [f"{t:g}" for t in self.t1_tau.tolist()]
+        dec = [f"decoder{i}" for i in range(self.feature_channels)]
+        if self.reference == "none":
+            maps = dec + ["t1", "stir", "t1^2", "stir^2"] + [f"stir>{t}" for t in stir] + [f"t1>{t}" for t in t1]
+            derived: list[str] = []
+        else:
+            maps = dec + ["q", "q^2", "f", "muscle_like"] + [f"extent>{t}" for t in stir]
+            maps += [f"f>{t}" for t in t1] + ["q*edema", "subcut_edema", "fat_fraction"]
+            derived = [f"share>{t}" for t in stir] + ["edema_brightness"]
+        names = [f"{w}/{m}" for w in ("region", "rim", "fat_rim", "sector") for m in maps + derived]
+        if self.quantile_features:
+            names += [f"region/q_p{round(100 * p):02d}" for p in QUANTILES]
+            names += [f"region/f_p{round(100 * p):02d}" for p in FAT_QUANTILES]
+            names += [f"rim/q_p{round(100 * p):02d}" for p in RIM_QUANTILES]
+            names += [f"beneath_rim/q_p{round(100 * p):02d}" for p in BENEATH_QUANTILES]
+        names.append("log_volume_ml")
+        if self.context_features:
+            names += [f"case/{n}" for n in CONTEXT_FEATURES] + ["case/leg_right", "case/leg_left"]
+        return names
 
     # -- maps --------------------------------------------------------------------
     def _soft(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -192,7 +229,10 @@ class RegionFeatures(nn.Module):
         q_min, f_min = _SUBCUT_EDEMA
         subcut = torch.sigmoid((q - q_min) / (2 * s)) * torch.sigmoid((f - f_min) / (2 * s))
         edema_q = q * extent[:, self._edema_k : self._edema_k + 1]
-        return torch.cat(maps + [q, q * q, f, m, extent, self._soft(f, self.t1_tau), edema_q, subcut], dim=1)
+        fat_fraction = f.clamp(0.0, 1.0)
+        return torch.cat(
+            maps + [q, q * q, f, m, extent, self._soft(f, self.t1_tau), edema_q, subcut, fat_fraction], dim=1
+        )
 
     def _derived(self, pooled: torch.Tensor) -> torch.Tensor:
         """Per weight: extent among muscle-like voxels, mean STIR ratio of the edematous ones."""
@@ -233,8 +273,9 @@ class RegionFeatures(nn.Module):
             w = region_masks(probs, membership)  # (B, R, ...)
             side_fat = region_masks(probs, subcut)  # (B, R, ...): subcutaneous of each slot's side
             rim = w * box_mean(side_fat, self.band_kernel)
+            fat_rim = side_fat * box_mean(w, self.band_kernel)
             sector = side_fat * box_mean(w, self.sector_kernel)
-            weights = torch.cat([w, rim, sector], dim=1)  # (B, 3R, ...)
+            weights = torch.cat([w, rim, fat_rim, sector], dim=1)  # (B, 4R, ...)
             extra: list[torch.Tensor] = []
             context = None
             if self.reference == "muscle":
@@ -256,6 +297,10 @@ class RegionFeatures(nn.Module):
                 c = self.feature_channels
                 muscle_like = maps[:, c + 3 : c + 4]
                 extra.append(weighted_quantiles(maps[:, c : c + 1], w * muscle_like, QUANTILES))
+                extra.append(weighted_quantiles(maps[:, c + 2 : c + 3], w, FAT_QUANTILES))
+                beneath = (w * box_mean(side_fat, self.beneath_kernel) - rim).clamp_min(0.0)
+                extra.append(weighted_quantiles(maps[:, c : c + 1], rim, RIM_QUANTILES))
+                extra.append(weighted_quantiles(maps[:, c : c + 1], beneath * muscle_like, BENEATH_QUANTILES))
         pooled = pooled.permute(0, 2, 1, 3).reshape(b, r, -1)
         volume = torch.log1p(w.sum(dim=(2, 3, 4)) * self.voxel_ml).unsqueeze(-1)
         parts = [pooled, *extra, volume]
