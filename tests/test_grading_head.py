@@ -363,7 +363,7 @@ def test_extent4_flows_through_ranges_losses_and_kappa(phantom_extent4, tmp_path
     assert np.nanmax(targets) <= 3
     # the head's range: even a huge logit stays at 3
     with torch.no_grad():
-        model.grader.head.region_out.bias[0] = 1e4
+        model.grader.head.members[0].edema_out.bias[0] = 1e4
     batch = next(iter(dm.val_dataloader()))
     out = model.eval().grade_whole(batch)
     assert torch.allclose(out["edema"], torch.full_like(out["edema"], 3.0))

@@ -148,7 +148,9 @@ def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
     assert stage["monitor"] == "last" and stage["best_epoch"] == STAGE_EPOCHS - 1
     history = objects["grading_stage"].history
     assert len(history["val_loss"]) == STAGE_EPOCHS and "val_kappa" not in history
-    assert validation["val"]["grading_loss"] == pytest.approx(history["val_loss"][-1], rel=1e-5)
+    # grading=staged: five MLP members trained apart; the fat and flag read-outs fitted first
+    assert stage["ensemble"] == 5 == len(model.grader.head.members)
+    assert set(stage["readouts"]) == {"fat", "fascial", "subcutaneous"}
 
 
 def test_kappa_monitor_keeps_the_best_validation_epoch(staged_run):
@@ -354,3 +356,76 @@ def test_default_staged_run_without_grades_skips_the_stage(train_overrides):
     bundle = load_bundle(objects["bundle_dir"])
     assert not bundle.has_grading
     assert bundle.validation["grading_stage"] == {"skipped": "no graded training case"}
+
+
+def _synthetic_features(n=40, r=6, f=5, seed=0):
+    from nxp2seg.models.grading_stage import CaseFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, r, f, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0]) + 3.0
+    fat = 4 * torch.sigmoid(2 * (x[..., 0] - 3.0))  # fat follows feature 0
+    fascial = ((x[..., 1] - 3.0) / 10 > 0.8).float()  # present (both readers) where feature 1 is high
+    z2 = (x[..., 2] - 3.0) / 0.1
+    subcut = torch.where(z2 > 1.0, 1.0, torch.where(z2 > 0.0, 0.5, 0.0))  # 0.5: a 1-1 split
+    targets = {
+        "edema_target": torch.zeros(n, r),
+        "fat_target": fat,
+        "fascial_target": fascial,
+        "subcut_target": subcut,
+        "pattern_target": torch.full((n, 4), 0.25),
+        "pattern_index": torch.zeros(n),
+    }
+    targets["fat_target"][0, 0] = float("nan")  # not graded: left out
+    return CaseFeatures(x=x, station_index=torch.zeros(n, dtype=torch.long), targets=targets,
+                        case_ids=[f"C{i}" for i in range(n)], mirrored=torch.zeros(n, dtype=torch.bool),
+                        has_mask=torch.ones(n, dtype=torch.bool))
+
+
+def test_fit_readouts_standardises_and_fits_penalised_glms():
+    from nxp2seg.models.grading import GradingHead
+    from nxp2seg.models.grading_stage import fit_readouts
+    from nxp2seg.stats.classification import roc_auc
+
+    feats = _synthetic_features()
+    head = GradingHead(5, 5)
+    report = fit_readouts(head, feats, l2=1e-3)
+    flat = feats.x.reshape(-1, 5)
+    assert torch.allclose(head.readout_mean, flat.mean(0)) and torch.allclose(head.readout_std, flat.std(0))
+    assert report["fat"]["n"] == 40 * 6 - 1 and report["fascial"]["n"] == 240
+    with torch.no_grad():
+        out = head.eval()(feats.x, feats.station_index)
+    fat_err = (out["fat"] - feats.targets["fat_target"]).abs()
+    assert float(fat_err[torch.isfinite(fat_err)].mean()) < 0.1  # a near-exact fit of a sigmoid of feature 0
+    y = feats.targets["fascial_target"].reshape(-1).numpy()
+    assert roc_auc(y, out["fascial_logit"].reshape(-1).numpy()) > 0.99
+    # the readers' call on subcutaneous edema: both readers (z > 1); a 1-1 split is not a finding
+    z2 = ((feats.x[..., 2] - 3.0) / 0.1).reshape(-1)
+    p = torch.sigmoid(out["subcut_logit"]).reshape(-1)
+    assert roc_auc((z2 > 1).int().numpy(), p.numpy()) > 0.99
+    assert float(p[(z2 > 0.2) & (z2 < 0.8)].max()) < 0.5
+    # the penalty shrinks the weights
+    strong = GradingHead(5, 5)
+    fit_readouts(strong, feats, l2=10.0)
+    assert float(strong.readout.weight.abs().sum()) < float(head.readout.weight.abs().sum())
+
+
+def test_ensemble_members_train_apart_and_grade_together():
+    from nxp2seg.models.grading import GradingHead
+    from nxp2seg.models.grading_stage import StageOptions, fit_head
+    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
+
+    feats = _synthetic_features()
+    feats.targets["edema_target"] = 5 * torch.sigmoid(feats.x[..., 3] - 3.0)
+    torch.manual_seed(0)
+    head = GradingHead(5, 5, ensemble=3)
+    fit = fit_head(head, feats, None, StageOptions(enabled=True, epochs=5), DEFAULT_LOSS_WEIGHTS)
+    assert len(fit["members"]) == 3 and head.active_member is None
+    with torch.no_grad():
+        each = []
+        for i in range(3):
+            head.active_member = i
+            each.append(head(feats.x, feats.station_index)["edema"])
+        head.active_member = None
+        together = head(feats.x, feats.station_index)["edema"]
+    assert not torch.allclose(each[0], each[1])  # own initialisation and seed
+    assert torch.allclose(together, torch.stack(each).mean(0), atol=1e-6)

@@ -60,6 +60,7 @@ __all__ = [
     "case_region_features",
     "extract_features",
     "fit_head",
+    "fit_readouts",
     "head_rows",
     "run_grading_stage",
     "TARGET_KEYS",
@@ -99,6 +100,8 @@ class StageOptions:
             terms start to overfit).
         patience: stop after this many epochs without improvement (``0``: run all epochs).
         seed: of the head's initialisation, the batch order and dropout.
+        readout_l2: L2 penalty of the linear read-outs (fat, fascial, subcutaneous
+            edema; :func:`fit_readouts`), per standardised feature.
     """
 
     enabled: bool = False
@@ -110,12 +113,15 @@ class StageOptions:
     monitor: str = "last"
     patience: int = 0
     seed: int = 0
+    readout_l2: float = 0.01
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise ValueError(
                 f"grading_stage.monitor {self.monitor!r}: choose one of {MONITORS}"
             )
+        if float(self.readout_l2) < 0:
+            raise ValueError(f"grading_stage.readout_l2 must be >= 0, got {self.readout_l2}")
         if int(self.epochs) < 1 or int(self.batch_size) < 0 or int(self.patience) < 0:
             raise ValueError(
                 "grading_stage: epochs must be >= 1, batch_size and patience >= 0 "
@@ -384,6 +390,42 @@ def fit_head(
 ) -> dict[str, Any]:
     """Train ``head`` (:class:`GradingHead`) on precomputed features; keep the best epoch's weights.
 
+    A head with an ensemble trains its members one after the other
+    (``head.active_member``), member ``i`` with seed ``options.seed + i``, each
+    with its own kept epoch; then they grade together (averaged). Arguments and
+    return value as :func:`_fit_member` (the first member's), plus ``members``:
+    every member's result.
+    """
+    import dataclasses
+
+    members = getattr(head, "members", None)
+    n = len(members) if members is not None else 1
+    results = []
+    try:
+        for i in range(n):
+            if members is not None:
+                head.active_member = i
+            opts = dataclasses.replace(options, seed=int(options.seed) + i)
+            results.append(_fit_member(head, train, val, opts, loss_weights, regression, beta, scale))
+    finally:
+        if members is not None:
+            head.active_member = None
+    head.eval()
+    return {**results[0], "members": results}
+
+
+def _fit_member(
+    head: nn.Module,
+    train: CaseFeatures,
+    val: CaseFeatures | None,
+    options: StageOptions,
+    loss_weights: Mapping[str, float],
+    regression: str = "smooth_l1",
+    beta: float = 0.5,
+    scale: Any = None,
+) -> dict[str, Any]:
+    """Train one member of ``head`` (all of it without an ensemble); keep the best epoch's weights.
+
     Args:
         head: the head (trained in place).
         train, val: features and targets (``val`` ``None``: the last epoch is kept).
@@ -415,7 +457,9 @@ def fit_head(
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(int(options.seed))
         opt = torch.optim.AdamW(
-            head.parameters(), lr=float(options.lr), weight_decay=float(options.weight_decay)
+            [p for p in head.parameters() if p.requires_grad],
+            lr=float(options.lr),
+            weight_decay=float(options.weight_decay),
         )
         gen = torch.Generator().manual_seed(int(options.seed))
         epoch = -1
@@ -468,6 +512,80 @@ def fit_head(
         ),
         "history": history,
     }
+
+
+def fit_readouts(head: nn.Module, train: CaseFeatures, l2: float = 0.01, max_iter: int = 100) -> dict[str, Any]:
+    """Fit the head's linear read-outs (fat grade, fascial and subcutaneous edema) as penalised GLMs.
+
+    The read-outs' input is standardised with the training regions' feature
+    means and SDs (``readout_mean``, ``readout_std`` of :class:`GradingHead`);
+    then each read-out column is one convex-or-nearly problem solved by L-BFGS:
+
+    * fat: least squares of ``max_fat * sigmoid(z w + b)`` to the readers'
+      mean fat grade;
+    * fascial, subcutaneous edema: logistic regression on the readers' call
+      (present when more than half of them saw it, :func:`~nxp2seg.models.losses.readers_call`);
+
+    each ``+ l2 * ||w||^2`` (the bias is not penalised), over the regions the
+    readers graded. Deterministic: no seed, no mini-batches.
+
+    Args:
+        head: :class:`~nxp2seg.models.grading.GradingHead` (changed in place).
+        train: the training features and targets.
+        l2: the penalty.
+        max_iter: L-BFGS iterations per read-out.
+
+    Returns:
+        ``{readout: {"n": regions, "loss": final penalised loss}}``.
+    """
+    import torch.nn.functional as F
+
+    from nxp2seg.models.grading import READOUTS
+    from nxp2seg.models.losses import readers_call
+
+    dev = head.readout_mean.device
+    x = train.x.to(dev).float().reshape(-1, train.x.shape[-1])
+    mean, std = x.mean(dim=0), x.std(dim=0)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    with torch.no_grad():
+        head.readout_mean.copy_(mean)
+        head.readout_std.copy_(std)
+    z = head.standardized(x).detach()
+    t = train.targets
+    targets = {
+        "fat": t["fat_target"].to(dev).float().reshape(-1),
+        "fascial": readers_call(t["fascial_target"].to(dev).float()).reshape(-1),
+        "subcutaneous": readers_call(t["subcut_target"].to(dev).float()).reshape(-1),
+    }
+    report: dict[str, Any] = {}
+    for k, name in enumerate(READOUTS):
+        y = targets[name]
+        keep = torch.isfinite(y)
+        report[name] = {"n": int(keep.sum())}
+        if not bool(keep.any()):
+            continue  # nothing graded: the read-out keeps its initial weights
+        zk, yk = z[keep], y[keep]
+        w = torch.zeros(z.shape[1], device=dev, requires_grad=True)
+        b = torch.zeros((), device=dev, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=int(max_iter), line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            o = zk @ w + b
+            if name == "fat":
+                loss = ((head.max_fat * torch.sigmoid(o) - yk) ** 2).mean()
+            else:
+                loss = F.binary_cross_entropy_with_logits(o, yk)
+            loss = loss + float(l2) * (w * w).sum()
+            loss.backward()
+            return loss
+
+        final = opt.step(closure)
+        report[name]["loss"] = float(final.detach())
+        with torch.no_grad():
+            head.readout.weight[k].copy_(w.detach())
+            head.readout.bias[k].copy_(b.detach())
+    return report
 
 
 def _squeeze(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -537,16 +655,24 @@ def run_grading_stage(
         )
     t_extract = time.perf_counter() - t0
     scale = datamodule.grade_scale
-    fit = fit_head(
-        grader.head,
-        feats["train"],
-        feats.get("val"),
-        options,
-        loss_weights,
-        regression,
-        beta,
-        scale,
-    )
+    readouts = fit_readouts(grader.head, feats["train"], options.readout_l2)
+    frozen = list(grader.head.readout.parameters())
+    for p in frozen:  # the MLP (edema, pattern) trains on the fitted read-outs
+        p.requires_grad_(False)
+    try:
+        fit = fit_head(
+            grader.head,
+            feats["train"],
+            feats.get("val"),
+            options,
+            loss_weights,
+            regression,
+            beta,
+            scale,
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     t_fit = time.perf_counter() - t0 - t_extract
     grades = datamodule.cohort.grades
     metrics: dict[str, dict[str, float]] = {}
@@ -570,6 +696,8 @@ def run_grading_stage(
         "feature_size": int(grader.features.out_features),
         "best_epoch": fit["best_epoch"],
         "epochs_run": fit["epochs_run"],
+        "readouts": readouts,
+        "ensemble": len(getattr(grader.head, "members", [None])),
         "monitor": options.monitor,
         "best_score": fit["best_score"],
         "seconds": {

@@ -19,6 +19,7 @@ __all__ = [
     "masked_bce",
     "soft_cross_entropy",
     "grading_losses",
+    "readers_call",
     "DEFAULT_LOSS_WEIGHTS",
 ]
 
@@ -55,8 +56,8 @@ def masked_regression(
 
 
 def masked_bce(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with logits against soft targets in ``[0, 1]`` (the share of
-    readers who saw the finding), over the non-NaN targets."""
+    """Binary cross-entropy with logits against targets in ``[0, 1]`` (0/1 calls, or soft
+    shares), over the non-NaN targets."""
     valid = torch.isfinite(target)
     t = torch.where(valid, target, torch.zeros_like(target)).to(logit.dtype)
     per = F.binary_cross_entropy_with_logits(logit, t, reduction="none")
@@ -72,6 +73,12 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return _masked_average(per, valid)
 
 
+def readers_call(share: torch.Tensor) -> torch.Tensor:
+    """The readers' call on a finding from the share who saw it: 1 where more than half
+    did (:func:`nxp2seg.grading.readers_flag`), NaN stays NaN."""
+    return torch.where(torch.isfinite(share), (share > 0.5).to(share.dtype), share)
+
+
 def grading_losses(
     outputs: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
@@ -85,6 +92,9 @@ def grading_losses(
             ``subcut_logit`` ``(B, R)``, ``pattern_logits`` ``(B, 4)``.
         batch: ``edema_target``, ``fat_target``, ``fascial_target``,
             ``subcut_target`` ``(B, R)``, ``pattern_target`` ``(B, 4)`` (NaN = not graded).
+            The flags' targets are the shares of readers who saw the finding; the
+            loss is against the readers' call (:func:`readers_call`), the reference
+            the flags are scored against.
         regression: ``smooth_l1`` or ``mse`` for the grades (in grade units).
         beta: SmoothL1's quadratic zone, in grades.
     """
@@ -99,7 +109,7 @@ def grading_losses(
     return {
         "edema": masked_regression(out("edema"), tgt("edema_target"), regression, beta),
         "fat": masked_regression(out("fat"), tgt("fat_target"), regression, beta),
-        "fascial": masked_bce(out("fascial_logit"), tgt("fascial_target")),
-        "subcutaneous": masked_bce(out("subcut_logit"), tgt("subcut_target")),
+        "fascial": masked_bce(out("fascial_logit"), readers_call(tgt("fascial_target"))),
+        "subcutaneous": masked_bce(out("subcut_logit"), readers_call(tgt("subcut_target"))),
         "pattern": soft_cross_entropy(out("pattern_logits"), tgt("pattern_target")),
     }
