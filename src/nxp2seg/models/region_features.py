@@ -55,7 +55,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nxp2seg.models.pooling import box_mean, kernel_voxels, masked_mean, region_masks, weighted_quantiles
+from nxp2seg.models.pooling import (
+    box_mean,
+    kernel_voxels,
+    masked_mean,
+    region_masks,
+    weighted_quantiles,
+)
 from nxp2seg.models.tissue import (
     CONTEXT_FEATURES,
     reference_context,
