@@ -8,7 +8,8 @@ The same stage as ``python -m nxp2seg.train grading=staged`` runs after its
 segmentation fit (:mod:`nxp2seg.models.grading_stage`), on a bundle already
 trained: the cohort and the train/val/test split come from the bundle's config
 (``--cohort`` points at another copy of the same cohort), the head and its
-losses are the ``grading/head.yaml`` defaults with fixed thresholds, and
+losses are the ``grading=staged`` config's (``grader.key=value`` changes
+one), and
 ``key=value`` set :class:`~nxp2seg.models.grading_stage.StageOptions`
 (``epochs=500 mirror=true monitor=val_loss seed=1``). It prints the validation
 and test agreement, the readers' own kappa and the seconds spent; with
@@ -23,6 +24,20 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+def _staged_grading_config() -> dict:
+    """``model.grading`` of ``grading=staged`` (the package's configs), without ``_target_``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import nxp2seg
+
+    configs = Path(nxp2seg.__file__).resolve().parent / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["grading=staged"])
+    grading = OmegaConf.to_container(cfg.model.grading, resolve=True)
+    return {k: v for k, v in grading.items() if not k.startswith("_")}
 
 
 def main() -> None:
@@ -76,6 +91,7 @@ def main() -> None:
     tap.remove()
     prep = bundle.preprocessing
     grader_kwargs = {
+        **_staged_grading_config(),
         "feature_channels": int(channels),
         "spacing": [float(s) for s in prep.target_spacing],
         "max_grade": int(dm.grade_scale.max_grade),

@@ -20,11 +20,13 @@ stage instead runs once the segmentation fit is over (``grading=staged``):
    (:class:`~nxp2seg.data.transforms.RandFlipSwapLRd` with probability 1:
    laterality negated, right and left grade targets swapped), doubling the
    training set.
-3. Only :class:`~nxp2seg.models.grading.GradingHead` trains on these tensors
-   (AdamW, mini-batches of cases), with the masked losses
+3. Only :class:`~nxp2seg.models.grading.GradingHead` trains on these tensors:
+   first its linear read-outs of fat and the flags, as penalised GLMs on
+   standardised features (:func:`fit_readouts`); then the edema/pattern MLP
+   (each ensemble member in turn) with the masked losses
    (:func:`~nxp2seg.models.losses.grading_losses`) and the configured loss
-   weights; the weights of the epoch with the best validation edema kappa
-   (or validation loss, ``monitor``) are kept.
+   weights, AdamW, mini-batches of cases, a fixed schedule (``monitor=last``)
+   or the epoch with the best validation edema kappa or loss.
 4. Validation and test agreement (:func:`~nxp2seg.models.metrics.grading_metrics`)
    and the readers' own edema kappa on the same cases
    (:func:`~nxp2seg.models.metrics.rater_edema_kappa`).
