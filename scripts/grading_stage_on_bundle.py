@@ -103,6 +103,9 @@ def main() -> None:
     with torch.random.fork_rng():
         torch.manual_seed(options.seed)
         grader = build_grader(**grader_kwargs)
+    from nxp2seg.inference.predictor import Predictor
+
+    segmenter = Predictor(bundle).segmenter  # the sliding-window inference predict segments with
     result = run_grading_stage(
         net,
         grader,
@@ -111,6 +114,7 @@ def main() -> None:
         DEFAULT_LOSS_WEIGHTS,
         canvas_size=list(prep.canvas_size or prep.patch_size),
         size_divisor=size_divisor_of(net),
+        segment=segmenter.infer,
     )
     print(json.dumps({"metrics": result.metrics, "stage": result.summary}, indent=1))
     print(f"total {time.perf_counter() - t0:.1f} s")

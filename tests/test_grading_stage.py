@@ -178,31 +178,32 @@ def test_kappa_monitor_keeps_the_best_validation_epoch(staged_run):
 
 
 def test_head_grades_the_same_from_the_bundle(staged_run):
+    """predict's path -- the bundle's sliding-window segmentation, then the head inside it -- gives
+    the grades the stage validated (the head was trained on exactly these probabilities)."""
     from monai import transforms as mt
 
     from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.inference.predictor import Predictor
     from nxp2seg.models.bundle import load_bundle
     from nxp2seg.models.grading_stage import head_rows
 
     _, objects = staged_run
     result, dm = objects["grading_stage"], objects["datamodule"]
     bundle = load_bundle(objects["bundle_dir"])
-    rebuilt = bundle.build_model()
+    predictor = Predictor(bundle)
+    rebuilt = predictor.model
+    assert rebuilt.grades_from_probabilities  # grading=staged reads no decoder features
     load = mt.Compose(preprocess_transforms(bundle.preprocessing, with_label=False))
     feats = result.features["val"]
     expected = head_rows(objects["model"].grader.head, feats)
     for i, item in enumerate(dm.grading_items("val")):
         assert feats.case_ids[i] == item["case_id"]
         image = torch.as_tensor(load(dict(item))["image"])[None]
-        got = rebuilt.predict(image, [item["station"]])
-        np.testing.assert_allclose(got["edema"][0].numpy(), expected["edema"][i], atol=1e-4)
-        np.testing.assert_allclose(got["fat"][0].numpy(), expected["fat"][i], atol=1e-4)
-        np.testing.assert_allclose(
-            got["fascial_prob"][0].numpy(), expected["fascial_prob"][i], atol=1e-4
-        )
-        np.testing.assert_allclose(
-            got["pattern_prob"][0].numpy(), expected["pattern_prob"][i], atol=1e-4
-        )
+        allowed = torch.as_tensor(item["allowed_labels"])[None]
+        probs = torch.softmax(predictor.segmenter.infer(image, allowed), dim=1)
+        got = rebuilt.grade_probabilities(probs, image, [item["station"]])
+        for key in ("edema", "fat", "fascial_prob", "subcut_prob", "pattern_prob"):
+            np.testing.assert_allclose(got[key][0].numpy(), expected[key][i], atol=1e-4, err_msg=key)
 
 
 def test_network_weights_are_those_of_the_best_checkpoint(staged_run):

@@ -212,6 +212,7 @@ def run_grading_stage(
         model.beta,
         canvas_size=list(prep.canvas_size or prep.patch_size),
         size_divisor=model.size_divisor,
+        segment=model.infer,  # the sliding-window inference predict segments with
     )
     model.attach_grader(grader)
     return spec, result

@@ -13,7 +13,10 @@ turns one :class:`~nxp2seg.inference.inputs.CaseInput` into a
    test-time augmentation included); the station is the given one, or the one
    whose compartments the unmasked network finds more of (reported as inferred);
    a given station the network clearly doubts gets a ``station_warning``;
-4. **grade**: the grading head's whole-volume pass
+4. **grade**: the grading head inside the sliding-window segmentation of step 3
+   (:meth:`~nxp2seg.models.myositis.GradingNet.grade_probabilities`; the
+   ``grading=staged`` head was trained on exactly these probabilities), or,
+   for a head that reads decoder features, its own whole-volume pass
    (:meth:`~nxp2seg.models.myositis.GradingNet.predict`), the pass it was trained on;
 5. **map back**: class probabilities resampled through the affines onto the
    T1's native grid, argmax there (:func:`~nxp2seg.inference.geometry.probabilities_to_labels`);
@@ -312,7 +315,10 @@ class Predictor:
         grades = None
         if self.has_grading:
             with self._autocast():
-                grades = self.model.predict(x, [station])
+                if self.model.grades_from_probabilities:  # inside the segmentation written out
+                    grades = self.model.grade_probabilities(probs[None], x, [station])
+                else:  # a grader reading decoder features: its own whole-volume pass
+                    grades = self.model.predict(x, [station])
             grades = {k: v.float().cpu().numpy()[0] for k, v in grades.items() if k != "logits"}
         t["grading"] = time.perf_counter() - t0
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -201,8 +201,15 @@ def case_region_features(
     subcut_membership: torch.Tensor,
     canvas_size: Sequence[int] | None = None,
     size_divisor: Sequence[int] | None = None,
+    segment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Region feature vectors of whole volumes, as :meth:`GradingNet.predict` computes them.
+    """Region feature vectors of whole volumes, as the bundle computes them at prediction.
+
+    Without decoder features and with ``segment`` (the product's sliding-window
+    inference, e.g. :meth:`~nxp2seg.models.segmenter.Segmenter.infer`), the region
+    masks are the softmax of ``segment(image, allowed_labels)``: the segmentation
+    ``nxp2seg.predict`` writes (:meth:`GradingNet.grade_probabilities`). Otherwise one
+    whole-volume pass as :meth:`GradingNet.predict` (padded to the canvas).
 
     Args:
         net: the segmentation network (its weights are only read).
@@ -212,10 +219,14 @@ def case_region_features(
         allowed_labels: ``(B, C)`` bool (station masking) or ``None``.
         region_membership, subcut_membership: ``(B, R, C)``.
         canvas_size, size_divisor: the padding of :func:`pad_to_grid`.
+        segment: sliding-window logits ``(image, allowed) -> (B, C, X, Y, Z)``.
 
     Returns:
         ``(B, R, F)`` float32, without gradient.
     """
+    if segment is not None and not features.feature_channels:
+        probs = torch.softmax(segment(image, allowed_labels).float(), dim=1)
+        return features(probs, image, None, region_membership, subcut_membership).float()
     padded, _ = pad_to_grid(image, canvas_size, size_divisor)
     with tap.capture():
         out = network_logits(net, padded, allowed_labels)
@@ -253,6 +264,7 @@ def extract_features(
     size_divisor: Sequence[int] | None,
     mirror: bool = False,
     what: str = "",
+    segment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> CaseFeatures:
     """Preprocess whole cases and extract their region features with the frozen network.
 
@@ -264,6 +276,7 @@ def extract_features(
         canvas_size, size_divisor: the padding (as the bundle's :class:`GradingNet`).
         mirror: also extract each case mirrored left-right (targets swapped).
         what: a name for the log.
+        segment: the product's sliding-window inference (:func:`case_region_features`).
     """
     from monai import transforms as mt
 
@@ -289,7 +302,7 @@ def extract_features(
             for sample, mirrored in versions:
                 image = _plain_tensor(sample["image"]).to(dev, torch.float32)[None]
                 x = case_region_features(
-                    net, tap, features, image, *slots.values(), canvas_size, size_divisor
+                    net, tap, features, image, *slots.values(), canvas_size, size_divisor, segment
                 )
                 xs.append(x.cpu())
                 rows.append(
@@ -610,6 +623,7 @@ def run_grading_stage(
     beta: float = 0.5,
     canvas_size: Sequence[int] | None = None,
     size_divisor: Sequence[int] | None = None,
+    segment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
 ) -> StageResult:
     """Extract frozen features, train ``grader.head`` on them, score validation and test.
 
@@ -622,6 +636,9 @@ def run_grading_stage(
         loss_weights, regression, beta: the grading losses (``model.grading_loss``).
         canvas_size, size_divisor: whole-volume padding; the bundle's :class:`GradingNet`
             pads with ``preprocessing.canvas_size or patch_size`` and the network's stride.
+        segment: the sliding-window inference that ``nxp2seg.predict`` segments with;
+            without decoder features the head then grades inside exactly that
+            segmentation (:func:`case_region_features`).
 
     Returns:
         :class:`StageResult`.
@@ -654,6 +671,7 @@ def run_grading_stage(
             size_divisor,
             mirror=options.mirror and split == "train",
             what=split,
+            segment=segment,
         )
     t_extract = time.perf_counter() - t0
     scale = datamodule.grade_scale

@@ -393,6 +393,51 @@ class GradingNet(nn.Module):
             station_index,
         )
 
+    @property
+    def grades_from_probabilities(self) -> bool:
+        """The grader reads only class probabilities and the image (no decoder features):
+        :meth:`grade_probabilities` grades inside any segmentation, e.g. the sliding-window one."""
+        return self.grader is not None and not self.grader.features.feature_channels
+
+    @torch.no_grad()
+    def grade_probabilities(
+        self, probs: torch.Tensor, image: torch.Tensor, stations: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Grades inside given class probabilities (no network pass).
+
+        Args:
+            probs: ``(B, C, X, Y, Z)`` station-masked class probabilities on the grid of ``image``.
+            image: ``(B, 2+, X, Y, Z)`` preprocessed as the bundle preprocesses.
+            stations: each case's station.
+
+        Returns:
+            As :meth:`predict`, without ``logits``.
+        """
+        if not self.grades_from_probabilities:
+            raise ValueError("this grader reads decoder features: use GradingNet.predict")
+        rm, sm, si = self._slots(stations, probs.shape[1], probs.device)
+        out = self.grader(probs.float(), image, None, rm, sm, si)
+        return self._grade_outputs(out)
+
+    def _slots(self, stations: Sequence[str], c: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+        from nxp2seg.data.regions import region_membership, subcut_membership
+
+        rm = np.stack([region_membership(self.schema, st, c) for st in stations])
+        sm = np.stack([subcut_membership(self.schema, st, c) for st in stations])
+        si = [STATIONS.index(st) for st in stations]
+        return (torch.as_tensor(rm, device=dev), torch.as_tensor(sm, device=dev),
+                torch.as_tensor(si, device=dev))
+
+    @staticmethod
+    def _grade_outputs(out: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "edema": out["edema"],
+            "fat": out["fat"],
+            "fascial_prob": torch.sigmoid(out["fascial_logit"]),
+            "subcut_prob": torch.sigmoid(out["subcut_logit"]),
+            "pattern_prob": torch.softmax(out["pattern_logits"], dim=-1),
+        }
+
     @torch.no_grad()
     def predict(self, image: torch.Tensor, stations: Sequence[str]) -> dict[str, torch.Tensor]:
         """Segment and grade preprocessed whole volumes in one pass.
@@ -407,8 +452,6 @@ class GradingNet(nn.Module):
             ``subcut_prob`` ``(B, R)``, ``pattern_prob`` ``(B, 4)``; regions in the
             order of ``schema.region_names(station)``.
         """
-        from nxp2seg.data.regions import region_membership, subcut_membership
-
         if self.schema is None:
             raise ValueError("GradingNet.predict needs the label schema (schema=...)")
         dev = image.device
@@ -419,21 +462,5 @@ class GradingNet(nn.Module):
         padded, crop = pad_to_grid(image, self.canvas_size, self.size_divisor)
         if self.grader is None:
             return {"logits": self(padded, allowed)["logits"][crop]}
-        rm = np.stack([region_membership(self.schema, st, c) for st in stations])
-        sm = np.stack([subcut_membership(self.schema, st, c) for st in stations])
-        si = [STATIONS.index(st) for st in stations]
-        out = self(
-            padded,
-            allowed,
-            torch.as_tensor(rm, device=dev),
-            torch.as_tensor(sm, device=dev),
-            torch.as_tensor(si, device=dev),
-        )
-        return {
-            "logits": out["logits"][crop],
-            "edema": out["edema"],
-            "fat": out["fat"],
-            "fascial_prob": torch.sigmoid(out["fascial_logit"]),
-            "subcut_prob": torch.sigmoid(out["subcut_logit"]),
-            "pattern_prob": torch.softmax(out["pattern_logits"], dim=-1),
-        }
+        out = self(padded, allowed, *self._slots(stations, c, dev))
+        return {"logits": out["logits"][crop], **self._grade_outputs(out)}
