@@ -151,6 +151,8 @@ def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
     # grading=staged: five MLP members trained apart; the fat and flag read-outs fitted first
     assert stage["ensemble"] == 5 == len(model.grader.head.members)
     assert set(stage["readouts"]) == {"fat", "fascial", "subcutaneous"}
+    # the training cases the segmenter saw are segmented from a perturbed input, calibrated
+    assert stage["perturbation"]["mode"] == "auto" and stage["perturbation"]["strength"] >= 0
 
 
 def test_kappa_monitor_keeps_the_best_validation_epoch(staged_run):
@@ -310,6 +312,8 @@ def test_options_are_checked(phantom4):
         StageOptions.from_mapping({"epoch": 3})
     with pytest.raises(ValueError, match="monitor"):
         StageOptions(monitor="dice")
+    with pytest.raises(ValueError, match="perturb"):
+        StageOptions(perturb="strong")
     assert StageOptions.from_mapping(None) == StageOptions()
     _, dm, net, _ = _stage_inputs(phantom4)
     learnable = build_grader(16, dm.preprocessing.target_spacing, 5, learn_thresholds=True)

@@ -104,6 +104,12 @@ class StageOptions:
         seed: of the head's initialisation, the batch order and dropout.
         readout_l2: L2 penalty of the linear read-outs (fat, fascial, subcutaneous
             edema; :func:`fit_readouts`), per standardised feature.
+        perturb: strength of the input perturbation while the segmenter segments
+            the training cases whose masks it trained on
+            (:mod:`nxp2seg.models.perturbation`), so that their regions are as
+            imperfect as those of new exams: ``auto`` (calibrated so that their
+            Dice falls to the validation cases'), a number, or ``0`` (none).
+        calibration_cases: cases of each kind (seen, validation) used to calibrate.
     """
 
     enabled: bool = False
@@ -116,11 +122,18 @@ class StageOptions:
     patience: int = 0
     seed: int = 0
     readout_l2: float = 0.01
+    perturb: Any = "auto"
+    calibration_cases: int = 8
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
             raise ValueError(
                 f"grading_stage.monitor {self.monitor!r}: choose one of {MONITORS}"
+            )
+        if not (self.perturb == "auto" or (isinstance(self.perturb, (int, float))
+                                           and not isinstance(self.perturb, bool) and self.perturb >= 0)):
+            raise ValueError(
+                f"grading_stage.perturb must be 'auto' or a number >= 0, got {self.perturb!r}"
             )
         if float(self.readout_l2) < 0:
             raise ValueError(f"grading_stage.readout_l2 must be >= 0, got {self.readout_l2}")
@@ -265,6 +278,8 @@ def extract_features(
     mirror: bool = False,
     what: str = "",
     segment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    perturb: float = 0.0,
+    seed: int = 0,
 ) -> CaseFeatures:
     """Preprocess whole cases and extract their region features with the frozen network.
 
@@ -277,7 +292,12 @@ def extract_features(
         mirror: also extract each case mirrored left-right (targets swapped).
         what: a name for the log.
         segment: the product's sliding-window inference (:func:`case_region_features`).
+        perturb: with ``segment``, the strength of the input perturbation while the
+            cases with a mask are segmented (:func:`~nxp2seg.models.perturbation.perturb_image`;
+            the features are read from the clean image); ``0``: none.
+        seed: of the perturbations.
     """
+    from nxp2seg.models.perturbation import perturb_image
     from monai import transforms as mt
 
     from nxp2seg.data.transforms import preprocess_transforms
@@ -290,6 +310,11 @@ def extract_features(
     net.eval()
     rows: list[dict[str, Any]] = []
     xs: list[torch.Tensor] = []
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def perturbed(image: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        return segment(perturb_image(image.cpu(), perturb, gen).to(image.device), allowed)
+
     t0 = time.perf_counter()
     try:
         for i, item in enumerate(items):
@@ -299,10 +324,12 @@ def extract_features(
                 k: torch.as_tensor(item[k], device=dev)[None]
                 for k in ("allowed_labels", "region_membership", "subcut_membership")
             }
+            seen = bool(datamodule.has_mask(str(item["case_id"])))
+            seg = perturbed if (segment is not None and perturb > 0 and seen) else segment
             for sample, mirrored in versions:
                 image = _plain_tensor(sample["image"]).to(dev, torch.float32)[None]
                 x = case_region_features(
-                    net, tap, features, image, *slots.values(), canvas_size, size_divisor, segment
+                    net, tap, features, image, *slots.values(), canvas_size, size_divisor, seg
                 )
                 xs.append(x.cpu())
                 rows.append(
@@ -613,6 +640,40 @@ def _squeeze(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 
+def _perturbation(options: StageOptions, datamodule: Any, segment: Any, net: nn.Module) -> tuple[float, dict[str, Any]]:
+    """The perturbation strength for the seen training cases, and what decided it."""
+    if segment is None or options.perturb == 0:
+        return 0.0, {"strength": 0.0, "mode": "off" if segment is not None else "no sliding-window inference"}
+    if options.perturb != "auto":
+        return float(options.perturb), {"strength": float(options.perturb), "mode": "fixed"}
+    from monai import transforms as mt
+
+    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.models.perturbation import calibrate_strength
+
+    n = int(options.calibration_cases)
+    seen = [i for i in datamodule.grading_items("train") if "label" in i][:n]
+    unseen = [i for i in datamodule.grading_items("val") if "label" in i][:n]
+    if not seen or not unseen:
+        return 0.0, {"strength": 0.0, "mode": "auto", "skipped": "needs training and validation cases with masks"}
+    load = mt.Compose(preprocess_transforms(datamodule.preprocessing, with_label=True))
+    schema = datamodule.schema
+
+    def values_of(station: str) -> list[int]:
+        return sorted(v for r in schema.region_names(station) for v in schema.regions[r].labels)
+
+    was = net.training
+    net.eval()
+    try:
+        strength, report = calibrate_strength(
+            segment, seen, unseen, lambda it: load({k: it[k] for k in ("t1", "stir", "label")}),
+            values_of, next(net.parameters()).device, seed=options.seed,
+        )
+    finally:
+        net.train(was)
+    return strength, {**report, "mode": "auto"}
+
+
 def run_grading_stage(
     net: nn.Module,
     grader: Grader,
@@ -652,6 +713,8 @@ def run_grading_stage(
             "precomputed, build the grader with learn_thresholds=false"
         )
     t0 = time.perf_counter()
+    strength, perturbation = _perturbation(options, datamodule, segment, net)
+    t_calibrate = time.perf_counter() - t0
     feats: dict[str, CaseFeatures] = {}
     for split in ("train", "val", "test"):
         items = datamodule.grading_items(split)
@@ -672,8 +735,10 @@ def run_grading_stage(
             mirror=options.mirror and split == "train",
             what=split,
             segment=segment,
+            perturb=strength if split == "train" else 0.0,
+            seed=options.seed,
         )
-    t_extract = time.perf_counter() - t0
+    t_extract = time.perf_counter() - t0 - t_calibrate
     scale = datamodule.grade_scale
     readouts = fit_readouts(grader.head, feats["train"], options.readout_l2)
     frozen = list(grader.head.readout.parameters())
@@ -717,10 +782,12 @@ def run_grading_stage(
         "best_epoch": fit["best_epoch"],
         "epochs_run": fit["epochs_run"],
         "readouts": readouts,
+        "perturbation": perturbation,
         "ensemble": len(getattr(grader.head, "members", [None])),
         "monitor": options.monitor,
         "best_score": fit["best_score"],
         "seconds": {
+            "calibrate": round(t_calibrate, 2),
             "extract": round(t_extract, 2),
             "fit": round(t_fit, 2),
             "per_case_pass": round(t_extract / max(1, n_passes), 3),
