@@ -194,3 +194,40 @@ def test_laterality_channel_is_positive_on_the_patients_right(tmp_path, lps):
             on_right, on_left = lat[torch.isin(lab, right)], lat[torch.isin(lab, left)]
             assert (on_right > 0).float().mean() > 0.98, cid
             assert (on_left < 0).float().mean() > 0.98, cid
+
+
+def test_body_box_grows_to_the_window_and_stays_inside():
+    from nxp2seg.models.segmenter import body_box
+
+    image = torch.full((1, 3, 40, 30, 10), -1.0)  # air
+    image[0, 0, 10:20, 12:18, 2:8] = 2.0  # the body on T1
+    box = body_box(image, min_size=(8, 12, 4), margin=(2, 2, 0))
+    assert box == (slice(8, 22), slice(9, 21), slice(2, 8))  # margin 2; y grown 10 -> 12 around the body
+    # a window larger than the volume: the whole axis
+    assert body_box(image, min_size=(64, 12, 4))[0] == slice(0, 40)
+    # near an edge the grown box shifts inside the volume
+    edge = torch.full((1, 3, 40, 30, 10), -1.0)
+    edge[0, 0, 0:3, 12:18, 2:8] = 2.0
+    assert body_box(edge, min_size=(16, 12, 4), margin=(0, 0, 0))[0] == slice(0, 16)
+    # nothing above air: the whole volume
+    assert body_box(torch.zeros(1, 3, 5, 5, 5), (2, 2, 2)) == (slice(0, 5),) * 3
+
+
+def test_inference_outside_the_body_box_is_background():
+    from nxp2seg.models.segmenter import Segmenter
+
+    class Const(torch.nn.Module):
+        def forward(self, x):  # class 1 everywhere the network looks
+            out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            out[:, 1] = 5.0
+            return out
+
+    image = torch.full((1, 3, 32, 24, 8), -1.0)
+    image[0, 0, 12:20, 8:16, :] = 2.0
+    seg = Segmenter(net=Const(), loss=torch.nn.Identity(), optimizer=torch.optim.SGD, patch_size=(8, 8, 8),
+                    inference={"flip_tta": False})
+    labels = seg.infer(image).argmax(1)[0]
+    assert (labels[12:20, 8:16] == 1).all() and (labels[:8] == 0).all() and (labels[:, :4] == 0).all()
+    whole = Segmenter(net=Const(), loss=torch.nn.Identity(), optimizer=torch.optim.SGD, patch_size=(8, 8, 8),
+                      inference={"flip_tta": False, "crop_to_body": False})
+    assert (whole.infer(image).argmax(1) == 1).all()

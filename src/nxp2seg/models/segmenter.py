@@ -28,7 +28,7 @@ from torch import nn
 
 from nxp2seg.config_utils import to_plain as _plain
 
-__all__ = ["Segmenter", "MASKED_LOGIT", "mask_logits", "network_logits"]
+__all__ = ["Segmenter", "MASKED_LOGIT", "body_box", "mask_logits", "network_logits"]
 
 #: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
 MASKED_LOGIT = -1.0e4
@@ -60,6 +60,48 @@ def network_logits(
     return {"logits": mask_logits(out, allowed_labels)}
 
 
+def body_box(
+    image: torch.Tensor, min_size: Sequence[int], margin: Sequence[int] = (4, 4, 0)
+) -> tuple[slice, slice, slice]:
+    """The box around the body on the T1 channel, grown by ``margin`` and to at least ``min_size``.
+
+    The body is where the normalised T1 (channel 0) is above a tenth of the way
+    from its minimum (air) to its 99th percentile, over all cases of the batch
+    (the same rule as the preprocessing's body mask, in normalised units). The
+    box is grown symmetrically to ``min_size`` (the sliding window) where the
+    volume allows, so that no window needs padding. Everything outside is air.
+
+    Args:
+        image: ``(B, K, X, Y, Z)``.
+        min_size: smallest box per axis (clipped to the volume).
+        margin: voxels added on each side per axis.
+
+    Returns:
+        Slices of the three spatial axes (the whole volume when no voxel is body).
+    """
+    t1 = image[:, 0].float()
+    step = max(1, t1.numel() // 2_000_000)
+    flat = t1.flatten()[::step]
+    lo, hi = flat.min(), torch.quantile(flat, 0.99)
+    body = (t1 > lo + 0.1 * (hi - lo)).any(dim=0)
+    shape = body.shape
+    if not bool(body.any()):
+        return tuple(slice(0, n) for n in shape)
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = torch.nonzero(body.any(dim=other)).flatten()
+        a, b = int(hit[0]) - int(margin[axis]), int(hit[-1]) + 1 + int(margin[axis])
+        need = min(int(min_size[axis]), shape[axis]) - (b - a)
+        if need > 0:
+            a -= need // 2
+            b += need - need // 2
+        shift = max(0, -a) - max(0, b - shape[axis])
+        a, b = max(0, a + shift), min(shape[axis], b + shift)
+        out.append(slice(a, b))
+    return tuple(out)
+
+
 class Segmenter(pl.LightningModule):
     """Segment T1 + STIR volumes into the label schema's values.
 
@@ -75,7 +117,9 @@ class Segmenter(pl.LightningModule):
         mean_regions: regions averaged into ``dice_mean`` (default: all of ``region_labels``).
         patch_size: sliding-window size (voxels) = training patch size.
         spacing: voxel size in mm of the volumes the metrics see (for HD95 in mm).
-        inference: ``{sw_batch_size, overlap, mode}`` of ``sliding_window_inference``.
+        inference: ``{sw_batch_size, overlap, mode}`` of ``sliding_window_inference``;
+            ``crop_to_body`` (default true): slide only over the box around the
+            body (:func:`body_box`), air elsewhere.
         hd_percentile: percentile of the Hausdorff distance (95), ``None`` skips it.
         deep_supervision_decay: weight ratio of successive deep-supervision heads.
         lr_permutation: for each output channel, the channel of its right/left twin
@@ -191,10 +235,19 @@ class Segmenter(pl.LightningModule):
                 mode=str(cfg["mode"]),
             )
 
-        logits = window(image)
+        box = (slice(None), slice(None))
+        if cfg.get("crop_to_body", True):
+            box = box + body_box(image, self.hparams.patch_size)
+        crop = image[box]
+        logits = window(crop)
         perm = self.hparams.get("lr_permutation")
         if cfg.get("flip_tta") and perm is not None:
-            logits = 0.5 * (logits + self._mirrored(window, image, perm))
+            logits = 0.5 * (logits + self._mirrored(window, crop, perm))
+        if crop.shape != image.shape:  # outside the body box: certain background (label 0)
+            full = logits.new_full((logits.shape[0], logits.shape[1], *image.shape[2:]), MASKED_LOGIT)
+            full[:, 0] = 0.0
+            full[box] = logits
+            logits = full
         return mask_logits(logits, allowed_labels)
 
     def _mirrored(self, window: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, perm) -> torch.Tensor:
