@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nxp2seg.models.perturbation import calibrate_strength, perturb_image, segmentation_dice
+from nxp2seg.models.perturbation import calibrate_strength, perturb_image, region_dice
 
 
 def test_perturb_image_leaves_laterality_and_is_seeded():
@@ -21,11 +21,11 @@ def test_perturb_image_leaves_laterality_and_is_seeded():
     assert float(flat.std()) == pytest.approx(0.3, rel=0.05)
 
 
-def test_segmentation_dice_by_hand():
+def test_region_dice_by_hand():
     truth = torch.tensor([[[1], [1], [2], [0]]])
     pred = torch.tensor([[[1], [2], [2], [0]]])
-    # label 1: 2*1/(1+2) ; label 2: 2*1/(2+1) ; label 3 absent from both: skipped
-    assert segmentation_dice(pred, truth, [1, 2, 3]) == pytest.approx(2 / 3)
+    # label 1: 2*1/(1+2) ; label 2: 2*1/(2+1) ; label 3 absent from both: left out
+    assert region_dice(pred, truth, [1, 2, 3]) == pytest.approx({1: 2 / 3, 2: 2 / 3})
 
 
 def test_calibration_finds_the_strength_where_seen_cases_segment_like_unseen_ones():
@@ -50,6 +50,9 @@ def test_calibration_finds_the_strength_where_seen_cases_segment_like_unseen_one
     lo = max(s for s, d in curve.items() if d > report["unseen_dice"])
     hi = min(s for s, d in curve.items() if d <= report["unseen_dice"])
     assert lo < strength <= hi
+    # a known target (e.g. the fit's val/dice_mean) is used as it is
+    _, given = calibrate_strength(segment, seen, [], lambda it: it, lambda st: [1], torch.device("cpu"), target=0.9)
+    assert given["unseen_dice"] == 0.9
     # nothing to correct when the seen cases are no better than the unseen ones
     none, _ = calibrate_strength(segment, unseen, seen, lambda it: it, lambda st: [1], torch.device("cpu"))
     assert none == 0.0

@@ -171,6 +171,7 @@ def run_grading_stage(
     model: Any,
     fast_dev_run: bool = False,
     device: Any = None,
+    unseen_dice: float | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """The frozen-feature grading stage (``grading=staged``) on the fitted ``model``.
 
@@ -178,7 +179,8 @@ def run_grading_stage(
     region features of the frozen network (:func:`nxp2seg.models.grading_stage.run_grading_stage`)
     and attaches it to ``model`` (``grader.*`` in the bundle). ``fast_dev_run``: one epoch.
     ``device``: where to run it (Lightning leaves the model on the CPU after fitting;
-    default: where the model is).
+    default: where the model is). ``unseen_dice``: the fit's ``val/dice_mean``, the
+    target of the stage's perturbation calibration.
 
     Returns:
         ``(grader_spec, result)``: the bundle's ``grader`` entry and the
@@ -213,6 +215,7 @@ def run_grading_stage(
         canvas_size=list(prep.canvas_size or prep.patch_size),
         size_divisor=model.size_divisor,
         segment=model.infer,  # the sliding-window inference predict segments with
+        unseen_dice=unseen_dice,
     )
     model.attach_grader(grader)
     return spec, result
@@ -351,6 +354,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             model,
             fast_dev_run=bool(trainer.fast_dev_run),
             device=trainer.strategy.root_device,
+            unseen_dice=metrics.get("val/dice_mean"),
         )
         for split, values in stage_result.metrics.items():
             validation.setdefault(split, {}).update(values)

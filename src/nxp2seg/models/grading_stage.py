@@ -123,7 +123,7 @@ class StageOptions:
     seed: int = 0
     readout_l2: float = 0.01
     perturb: Any = "auto"
-    calibration_cases: int = 8
+    calibration_cases: int = 16
 
     def __post_init__(self) -> None:
         if self.monitor not in MONITORS:
@@ -640,7 +640,9 @@ def _squeeze(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 
-def _perturbation(options: StageOptions, datamodule: Any, segment: Any, net: nn.Module) -> tuple[float, dict[str, Any]]:
+def _perturbation(
+    options: StageOptions, datamodule: Any, segment: Any, net: nn.Module, unseen_dice: float | None = None
+) -> tuple[float, dict[str, Any]]:
     """The perturbation strength for the seen training cases, and what decided it."""
     if segment is None or options.perturb == 0:
         return 0.0, {"strength": 0.0, "mode": "off" if segment is not None else "no sliding-window inference"}
@@ -654,7 +656,7 @@ def _perturbation(options: StageOptions, datamodule: Any, segment: Any, net: nn.
     n = int(options.calibration_cases)
     seen = [i for i in datamodule.grading_items("train") if "label" in i][:n]
     unseen = [i for i in datamodule.grading_items("val") if "label" in i][:n]
-    if not seen or not unseen:
+    if not seen or not (unseen or unseen_dice is not None):
         return 0.0, {"strength": 0.0, "mode": "auto", "skipped": "needs training and validation cases with masks"}
     load = mt.Compose(preprocess_transforms(datamodule.preprocessing, with_label=True))
     schema = datamodule.schema
@@ -667,7 +669,7 @@ def _perturbation(options: StageOptions, datamodule: Any, segment: Any, net: nn.
     try:
         strength, report = calibrate_strength(
             segment, seen, unseen, lambda it: load({k: it[k] for k in ("t1", "stir", "label")}),
-            values_of, next(net.parameters()).device, seed=options.seed,
+            values_of, next(net.parameters()).device, seed=options.seed, target=unseen_dice,
         )
     finally:
         net.train(was)
@@ -685,6 +687,7 @@ def run_grading_stage(
     canvas_size: Sequence[int] | None = None,
     size_divisor: Sequence[int] | None = None,
     segment: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    unseen_dice: float | None = None,
 ) -> StageResult:
     """Extract frozen features, train ``grader.head`` on them, score validation and test.
 
@@ -700,6 +703,8 @@ def run_grading_stage(
         segment: the sliding-window inference that ``nxp2seg.predict`` segments with;
             without decoder features the head then grades inside exactly that
             segmentation (:func:`case_region_features`).
+        unseen_dice: the segmenter's Dice on the validation cases (``val/dice_mean``),
+            the target of the perturbation's calibration (``None``: measured on them).
 
     Returns:
         :class:`StageResult`.
@@ -713,7 +718,7 @@ def run_grading_stage(
             "precomputed, build the grader with learn_thresholds=false"
         )
     t0 = time.perf_counter()
-    strength, perturbation = _perturbation(options, datamodule, segment, net)
+    strength, perturbation = _perturbation(options, datamodule, segment, net, unseen_dice)
     t_calibrate = time.perf_counter() - t0
     feats: dict[str, CaseFeatures] = {}
     for split in ("train", "val", "test"):

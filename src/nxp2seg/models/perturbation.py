@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STRENGTHS", "calibrate_strength", "perturb_image", "segmentation_dice"]
+__all__ = ["STRENGTHS", "calibrate_strength", "perturb_image", "region_dice"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,22 @@ def perturb_image(image: torch.Tensor, strength: float, generator: torch.Generat
     return out
 
 
-def segmentation_dice(labels: torch.Tensor, truth: torch.Tensor, values: Sequence[int]) -> float:
-    """Mean Dice over the label ``values`` present in either map (``(X, Y, Z)`` integer maps)."""
+def region_dice(labels: torch.Tensor, truth: torch.Tensor, values: Sequence[int]) -> dict[int, float]:
+    """Dice per label value present in either ``(X, Y, Z)`` integer map (absent from both: left out)."""
     from nxp2seg.evaluation.segmentation import dice
 
     p, t = labels.cpu().numpy(), truth.cpu().numpy()
-    scores = [dice(p == v, t == v) for v in values]
-    scores = [d for d in scores if np.isfinite(d)]
-    return float(np.mean(scores)) if scores else float("nan")
+    scores = {int(v): dice(p == v, t == v) for v in values}
+    return {v: d for v, d in scores.items() if np.isfinite(d)}
+
+
+def _mean_over_regions(per_case: Sequence[Mapping[int, float]]) -> float:
+    """Each label's mean over the cases that hold it, then the mean over labels (as ``val/dice_mean``)."""
+    pooled: dict[int, list[float]] = {}
+    for scores in per_case:
+        for v, d in scores.items():
+            pooled.setdefault(v, []).append(d)
+    return float(np.mean([np.mean(x) for x in pooled.values()])) if pooled else float("nan")
 
 
 def calibrate_strength(
@@ -74,18 +82,25 @@ def calibrate_strength(
     device: torch.device,
     strengths: Sequence[float] = STRENGTHS,
     seed: int = 0,
+    target: float | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """The perturbation strength at which seen cases segment about as well as unseen ones.
 
     Args:
         segment: the sliding-window inference, ``(image, allowed) -> logits``.
         seen: items (with ``label``) of cases the segmenter trained on.
-        unseen: items (with ``label``) of cases it did not (validation).
+        unseen: items (with ``label``) of cases it did not (validation); not read when
+            ``target`` is given.
         load: item -> ``{"image", "label"}`` preprocessed (the bundle's transforms, with label).
         values_of: station -> the label values scored.
         device: where the network runs.
         strengths: increasing strengths to try (the first should be 0).
         seed: of the perturbations.
+        target: the unseen cases' Dice when already known (e.g. the fit's
+            ``val/dice_mean``, over every validation case).
+
+    Dice is each label's mean over the cases that hold it, then the mean over
+    labels (the definition of ``val/dice_mean``).
 
     Returns:
         ``(strength, report)``: the strength where the seen cases' mean Dice,
@@ -96,7 +111,7 @@ def calibrate_strength(
 
     def mean_dice(items: Sequence[Mapping[str, Any]], strength: float) -> float:
         gen = torch.Generator().manual_seed(int(seed))
-        scores = []
+        scores: list[dict[int, float]] = []
         for item in items:
             d = load(item)
             image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
@@ -104,10 +119,11 @@ def calibrate_strength(
             allowed = torch.as_tensor(np.asarray(item["allowed_labels"]), device=device)[None]
             labels = segment(image, allowed).argmax(dim=1)[0]
             truth = torch.as_tensor(np.asarray(d["label"]))[0].round().long()
-            scores.append(segmentation_dice(labels, truth, values_of(str(item["station"]))))
-        return float(np.nanmean(scores)) if scores else float("nan")
+            scores.append(region_dice(labels, truth, values_of(str(item["station"]))))
+        return _mean_over_regions(scores)
 
-    target = mean_dice(unseen, 0.0)
+    if target is None or not np.isfinite(float(target)):
+        target = mean_dice(unseen, 0.0)
     curve = {float(s): mean_dice(seen, float(s)) for s in strengths}
     xs = sorted(curve)
     strength = 0.0
@@ -118,7 +134,7 @@ def calibrate_strength(
                 span = curve[lo] - curve[hi]
                 strength = hi if span <= 0 else lo + (hi - lo) * (curve[lo] - target) / span
                 break
-    report = {"unseen_dice": target, "seen_dice": {f"{k:g}": v for k, v in curve.items()},
+    report = {"unseen_dice": float(target), "seen_dice": {f"{k:g}": v for k, v in curve.items()},
               "strength": float(strength), "n_seen": len(seen), "n_unseen": len(unseen)}
     log.info("grading stage: perturbation strength %.2f (seen Dice %s, unseen %.4f)", strength,
              {k: round(v, 4) for k, v in report["seen_dice"].items()}, target)
