@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--no-crop", action="store_true", help="slide over the whole volume, not the body's box")
     ap.add_argument("--no-tta", action="store_true", help="predict without the mirror test-time augmentation")
     args = ap.parse_args()
     if args.threads:
@@ -163,7 +164,8 @@ def main() -> None:
     cohort = Cohort.open(args.cohort)
     bundle = load_bundle(args.bundle)
     t0 = time.perf_counter()
-    predictor = Predictor(bundle, device=device, flip_tta=False if args.no_tta else None)
+    predictor = Predictor(bundle, device=device, flip_tta=False if args.no_tta else None,
+                          crop_to_body=False if args.no_crop else None)
     setup_s = time.perf_counter() - t0
     cases = discover_cases(args.cohort)
     out = Path(args.cohort).parent / "benchmark_predictions"

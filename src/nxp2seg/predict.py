@@ -76,7 +76,7 @@ def predict(cfg: DictConfig) -> Any:
 
     def factory() -> Predictor:
         return Predictor(bundle, device=device, flip_tta=cfg.flip_tta, sw_batch_size=cfg.sw_batch_size,
-                         overlap=cfg.overlap, amp=bool(cfg.amp))
+                         overlap=cfg.overlap, amp=bool(cfg.amp), crop_to_body=cfg.get("crop_to_body"))
 
     predict_fn = None
     if int(cfg.devices) > 1 or str(cfg.strategy) not in ("auto", "None", "none"):

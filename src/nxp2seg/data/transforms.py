@@ -165,10 +165,12 @@ class Sampling:
 
 
 def _quantile(x: torch.Tensor, q: float, max_elems: int = 2_000_000) -> torch.Tensor:
+    from nxp2seg.quantiles import quantile
+
     x = x.reshape(-1).float()
-    if x.numel() > max_elems:  # torch.quantile has a size limit; a strided subsample is plenty
+    if x.numel() > max_elems:  # a strided subsample is plenty
         x = x[:: math.ceil(x.numel() / max_elems)]
-    return torch.quantile(x, q)
+    return quantile(x, q)
 
 
 class NormalizeForeground(mt.Transform):

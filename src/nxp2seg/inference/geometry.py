@@ -55,23 +55,25 @@ def probabilities_to_labels(
     src_affine: np.ndarray,
     dst_shape: Sequence[int],
     dst_affine: np.ndarray,
-    chunk_voxels: int = 4_000_000,
+    chunk_voxels: int = 1_000_000,
     crop: bool = True,
 ) -> np.ndarray:
     """Label map on a destination grid from class probabilities on the model's grid.
 
-    All class probabilities are resampled trilinearly through the affines in
-    one ``torch.nn.functional.grid_sample`` call per chunk of destination slices
-    (multi-threaded, on the probabilities' device), so boundaries fall between
-    model voxels rather than on their staircase; the argmax is taken on the
-    destination grid. Outside the model grid the nearest border value is used.
+    Class probabilities are resampled trilinearly through the affines, so
+    boundaries fall between model voxels rather than on their staircase, and
+    the argmax is taken on the destination grid; outside the model grid the
+    nearest border value is used. Only destination voxels in a model-grid cell
+    whose 8 corners disagree on the argmax are interpolated (elsewhere the
+    interpolated argmax is the corners' label, exactly): a few percent of the
+    voxels, near boundaries.
 
     Args:
         probs: ``(K, X, Y, Z)`` probabilities of the classes ``values`` (model grid).
         values: the label value of each of the ``K`` channels.
         src_affine: the model grid's affine; ``dst_*``: the native grid's.
-        chunk_voxels: destination voxels per ``grid_sample`` call (bounds memory
-            to about ``(K + 3) * 4 * chunk_voxels`` bytes).
+        chunk_voxels: destination voxels per chunk (bounds memory to about
+            ``120 * chunk_voxels`` bytes plus ``K`` floats per boundary voxel).
         crop: when label 0 (background) is among ``values``, resample only the
             destination box around the voxels where background does not win on the
             model grid (grown by two model voxels); the rest is background.
@@ -99,22 +101,49 @@ def probabilities_to_labels(
         out[sub] = probabilities_to_labels(p, values, src_affine, [b - a for a, b in zip(lo, hi)], shifted,
                                            chunk_voxels=chunk_voxels, crop=False)
         return out
-    # grid_sample's coordinates: (x, y, z) = (last, middle, first) input axis, -1..1 at the centres
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in src_shape], dtype=torch.float64)
+    # Trilinear interpolation of probabilities cannot change the argmax inside a model-grid cell
+    # whose 8 corners share their argmax (every corner has p_c >= p_j, so does any convex
+    # combination): label those destination voxels from the corners, interpolate only the rest.
+    src_labels = p.argmax(0)
+    limits = torch.tensor(src_shape, dtype=torch.float64) - 1.0
     per_slab = max(1, chunk_voxels // max(1, dst_shape[1] * dst_shape[2]))
     jj, kk = torch.meshgrid(torch.arange(dst_shape[1], dtype=torch.float64),
                             torch.arange(dst_shape[2], dtype=torch.float64), indexing="ij")
-    inp = p[None]  # (1, K, X, Y, Z) = (N, C, D, H, W)
     for i0 in range(0, dst_shape[0], per_slab):
         ii = torch.arange(i0, min(i0 + per_slab, dst_shape[0]), dtype=torch.float64)
         idx = torch.stack(torch.broadcast_tensors(ii[:, None, None], jj[None], kk[None]), -1)
-        src = idx @ m[:3, :3].T + m[:3, 3]  # (n, Y, Z, 3) source voxel indices
-        norm = (src * scale - 1.0).flip(-1).to(torch.float32)
-        sampled = torch.nn.functional.grid_sample(
-            inp, norm[None].to(p.device), mode="bilinear", padding_mode="border", align_corners=True
-        )[0]
-        out[i0 : i0 + len(ii)] = lut[sampled.argmax(0).cpu()].numpy().astype(dtype)
+        src = (idx @ m[:3, :3].T + m[:3, 3]).reshape(-1, 3)  # source voxel indices
+        chosen = _trilinear_argmax(p, src_labels, src.clamp(torch.zeros(3, dtype=torch.float64), limits))
+        out[i0 : i0 + len(ii)] = lut[chosen].reshape(len(ii), *dst_shape[1:]).numpy().astype(dtype)
     return out
+
+
+def _trilinear_argmax(p: torch.Tensor, src_labels: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Argmax channel of ``p`` (``(K, X, Y, Z)``) trilinearly interpolated at ``src`` (``(n, 3)`` voxel
+    coordinates inside the grid), computing the interpolation only where the cell's corners disagree."""
+    shape = torch.tensor(p.shape[1:])
+    base = torch.minimum(src.floor().long(), (shape - 2).clamp_min(0))  # (n, 3) lower corner
+    frac = (src - base.double()).to(torch.float32)  # 0..1 (0 on an axis of length 1)
+    step = (shape > 1).long()
+    corners = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    flat = []
+    for da, db, dc in corners:
+        q = base + torch.tensor([da, db, dc]) * step
+        flat.append((q[:, 0] * shape[1] + q[:, 1]) * shape[2] + q[:, 2])
+    labels_flat = src_labels.reshape(-1)
+    corner_labels = torch.stack([labels_flat[f] for f in flat])  # (8, n)
+    chosen = corner_labels[0].clone()
+    mixed = torch.nonzero((corner_labels != corner_labels[0]).any(dim=0)).flatten()
+    if mixed.numel():
+        probs = p.reshape(p.shape[0], -1)
+        f = frac[mixed]
+        blend = torch.zeros(p.shape[0], mixed.numel(), dtype=p.dtype)
+        for (da, db, dc), fl in zip(corners, flat):
+            w = ((f[:, 0] if da else 1 - f[:, 0]) * (f[:, 1] if db else 1 - f[:, 1])
+                 * (f[:, 2] if dc else 1 - f[:, 2]))
+            blend += probs[:, fl[mixed]] * w
+        chosen[mixed] = blend.argmax(0)
+    return chosen
 
 
 def _foreground_box(p: torch.Tensor, values: list[int], src_affine: np.ndarray,

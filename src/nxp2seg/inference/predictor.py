@@ -203,12 +203,13 @@ class Predictor:
         bundle: a loaded :class:`~nxp2seg.models.bundle.Bundle`.
         device: ``cpu``, ``cuda``, ``cuda:1``...
         flip_tta: override the bundle's flip test-time augmentation (``None``: keep it).
-        sw_batch_size, overlap: override the bundle's sliding-window settings.
+        sw_batch_size, overlap, crop_to_body: override the bundle's sliding-window settings.
         amp: mixed precision (bf16) on CUDA; ignored on CPU (it is slower there).
     """
 
     def __init__(self, bundle: Any, device: str | torch.device = "cpu", flip_tta: bool | None = None,
-                 sw_batch_size: int | None = None, overlap: float | None = None, amp: bool = True):
+                 sw_batch_size: int | None = None, overlap: float | None = None, amp: bool = True,
+                 crop_to_body: bool | None = None):
         import monai.transforms as mt
 
         from nxp2seg.data.transforms import lr_swap_lut, preprocess_transforms
@@ -221,7 +222,8 @@ class Predictor:
         self.scale = bundle.grade_scale
         self.model = bundle.build_model(self.device)  # GradingNet: net (+ grader)
         inference = dict(bundle.config.get("model", {}).get("inference", {}) or {})
-        for key, value in (("flip_tta", flip_tta), ("sw_batch_size", sw_batch_size), ("overlap", overlap)):
+        for key, value in (("flip_tta", flip_tta), ("sw_batch_size", sw_batch_size), ("overlap", overlap),
+                           ("crop_to_body", crop_to_body)):
             if value is not None:
                 inference[key] = value
         self.segmenter = Segmenter(

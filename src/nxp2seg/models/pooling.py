@@ -91,8 +91,8 @@ def box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
         k = int(k)
         if k <= 1:
             continue
-        if k > out.shape[2 + axis]:  # a window wider than the axis (avg_pool3d refuses it)
-            out = _box_mean_cumsum(out, 2 + axis, k // 2)
+        if k >= 7 or k > out.shape[2 + axis]:  # wide windows: cumulative sums are O(1) per voxel
+            out = _box_mean_cumsum(out, 2 + axis, k // 2)  # (and avg_pool3d refuses windows wider than the axis)
             continue
         size = [1, 1, 1]
         size[axis] = k

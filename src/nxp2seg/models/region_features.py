@@ -65,6 +65,7 @@ from nxp2seg.models.pooling import (
 from nxp2seg.models.tissue import (
     CONTEXT_FEATURES,
     reference_context,
+    stir_zero,
     tissue_reference,
     tissue_units,
 )
@@ -212,6 +213,23 @@ class RegionFeatures(nn.Module):
             names += [f"case/{n}" for n in CONTEXT_FEATURES] + ["case/leg_right", "case/leg_left"]
         return names
 
+    def _box(self, tissue: torch.Tensor) -> tuple[slice, ...]:
+        """``(:, :, x, y, z)`` slices around the voxels where ``tissue`` (``(B, X, Y, Z)``) exceeds
+        1e-3, grown by the widest filter's half-width in-plane: every pooled weight and every
+        filter window of a weighted voxel lies inside (the pooled values are those of the whole
+        volume), at a fraction of its cost."""
+        hit = (tissue > 1e-3).any(dim=0)
+        if not bool(hit.any()):
+            return (slice(None),) * 5
+        grow = [max(a, b) // 2 + 1 for a, b in zip(self.sector_kernel, self.beneath_kernel)]
+        out = []
+        for axis in range(3):
+            other = tuple(a for a in range(3) if a != axis)
+            idx = torch.nonzero(hit.any(dim=other)).flatten()
+            g = grow[axis] if axis < 2 else 0
+            out.append(slice(max(0, int(idx[0]) - g), min(hit.shape[axis], int(idx[-1]) + 1 + g)))
+        return (slice(None), slice(None), *out)
+
     # -- maps --------------------------------------------------------------------
     def _soft(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((x - tau.view(1, -1, 1, 1, 1)) / self.softness)
@@ -276,9 +294,21 @@ class RegionFeatures(nn.Module):
         with torch.autocast(device_type=probs.device.type, enabled=False):
             probs = probs.detach().float()
             b, r = membership.shape[0], membership.shape[-2]
+            zero = stir_zero(image) if self.reference == "muscle" else None  # air: on the whole volume
             w = region_masks(probs, membership)  # (B, R, ...)
             side_fat = region_masks(probs, subcut)  # (B, R, ...): subcutaneous of each slot's side
-            rim = w * box_mean(side_fat, self.band_kernel)
+            # everything below reads only voxels near the regions and their subcutaneous tissue
+            box = self._box(w.sum(dim=1) + side_fat.amax(dim=1))
+            w, side_fat, probs, image = w[box], side_fat[box], probs[box], image[box]
+            decoder = decoder[box] if decoder is not None else None
+            # box means are linear: filter the few subcutaneous label maps, then spread them to the slots
+            cols = torch.nonzero(subcut.sum(dim=(0, 1)) > 0).flatten()
+            sub_probs, sub_slots = probs[:, cols], subcut[:, :, cols].to(probs)
+
+            def side_box(kernel: list[int]) -> torch.Tensor:
+                return torch.einsum("bcxyz,brc->brxyz", box_mean(sub_probs, kernel), sub_slots)
+
+            rim = w * side_box(self.band_kernel)
             fat_rim = side_fat * box_mean(w, self.band_kernel)
             sector = side_fat * box_mean(w, self.sector_kernel)
             weights = torch.cat([w, rim, fat_rim, sector], dim=1)  # (B, 4R, ...)
@@ -287,7 +317,7 @@ class RegionFeatures(nn.Module):
             if self.reference == "muscle":
                 muscle, fat = w.sum(dim=1), side_fat.amax(dim=1)
                 lateral = image[:, 2].float() if image.shape[1] > 2 else None
-                ref = tissue_reference(image, muscle, fat, lateral)
+                ref = tissue_reference(image, muscle, fat, lateral, zero=zero)
                 q, f = tissue_units(image, ref, lateral)
                 bone = probs[:, self.bone_label] if self.bone_label is not None else torch.zeros_like(muscle)
                 context = reference_context(q, f, muscle, fat, bone)
@@ -304,7 +334,7 @@ class RegionFeatures(nn.Module):
                 muscle_like = maps[:, c + 3 : c + 4]
                 extra.append(weighted_quantiles(maps[:, c : c + 1], w * muscle_like, QUANTILES))
                 extra.append(weighted_quantiles(maps[:, c + 2 : c + 3], w, FAT_QUANTILES))
-                beneath = (w * box_mean(side_fat, self.beneath_kernel) - rim).clamp_min(0.0)
+                beneath = (w * side_box(self.beneath_kernel) - rim).clamp_min(0.0)
                 extra.append(weighted_quantiles(maps[:, c : c + 1], rim, RIM_QUANTILES))
                 extra.append(weighted_quantiles(maps[:, c : c + 1], beneath * muscle_like, BENEATH_QUANTILES))
         pooled = pooled.permute(0, 2, 1, 3).reshape(b, r, -1)

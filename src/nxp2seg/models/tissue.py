@@ -35,12 +35,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nxp2seg.quantiles import quantile
+
 __all__ = [
     "CONTEXT_FEATURES",
     "TissueReference",
     "lowest_peak",
     "real_voxels",
     "reference_context",
+    "stir_zero",
     "tissue_reference",
     "tissue_units",
 ]
@@ -73,7 +76,7 @@ def lowest_peak(values: torch.Tensor, bins: int = 96, smooth: float = 2.0, share
     v = values.float().flatten()
     if v.numel() < 32:
         return v.median() if v.numel() else v.new_tensor(0.0)
-    lo, hi = torch.quantile(v[:: max(1, v.numel() // 100_000)], torch.tensor([0.01, 0.99], device=v.device))
+    lo, hi = quantile(v[:: max(1, v.numel() // 100_000)], (0.01, 0.99))
     if not bool(hi > lo):
         return v.median()
     hist = torch.histc(v.clamp(lo, hi), bins=bins, min=float(lo), max=float(hi))
@@ -104,8 +107,16 @@ def _median(x: torch.Tensor, mask: torch.Tensor, default: torch.Tensor | float) 
 
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
-    step = max(1, x.numel() // 500_000)  # torch.quantile's input limit; a strided sample is plenty
-    return torch.quantile(x[::step], q)
+    step = max(1, x.numel() // 500_000)  # a strided sample is plenty
+    return quantile(x[::step], q)
+
+
+def stir_zero(image: torch.Tensor, percentile: float = 0.01) -> torch.Tensor:
+    """``(B,)``: each case's STIR of air, a low percentile of its real (not padded) voxels."""
+    stir, real = image[:, 1].float(), real_voxels(image)
+    out = [_quantile(stir[b][real[b]], percentile) if bool(real[b].any()) else stir.new_tensor(0.0)
+           for b in range(image.shape[0])]  # cases, not regions
+    return torch.stack(out)
 
 
 @dataclass
@@ -134,6 +145,7 @@ def tissue_reference(
     muscle: torch.Tensor,
     fat: torch.Tensor,
     lateral: torch.Tensor | None = None,
+    zero: torch.Tensor | None = None,
     zero_percentile: float = 0.01,
     clean: tuple[float, float] = CLEAN_WINDOW,
     min_side_voxels: int = 200,
@@ -148,6 +160,8 @@ def tissue_reference(
             patient's right; the laterality channel), to also take each leg's own
             normal muscle: the coil's bias field often leaves one leg 10-25%
             brighter than the other on STIR.
+        zero: ``(B,)`` STIR of air when already known (:func:`stir_zero` of the whole
+            volume, e.g. before cropping to the body); ``None``: measured on ``image``.
         zero_percentile: the percentile of the real voxels' STIR taken as signal 0.
         clean: fat-index window of clean muscle.
         min_side_voxels: fewer clean voxels on a leg: that leg takes the station's reference.
@@ -156,7 +170,7 @@ def tissue_reference(
         :class:`TissueReference`.
     """
     t1, stir = image[:, 0].float(), image[:, 1].float()
-    real = real_voxels(image)
+    zeros = stir_zero(image, zero_percentile) if zero is None else zero.to(stir)
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("zero", "muscle", "t1m", "t1f", "side")}
     for b in range(image.shape[0]):  # cases, not regions
         m, f = muscle[b] > 0.5, fat[b] > 0.5
@@ -165,7 +179,7 @@ def tissue_reference(
         if not bool((t1f - t1m).abs() > 1e-3):
             t1f = t1m + 1.0
         index = (t1[b] - t1m) / (t1f - t1m)
-        zero = _quantile(stir[b][real[b]], zero_percentile) if bool(real[b].any()) else stir.new_tensor(0.0)
+        zero = zeros[b]
         sel = m & (index > clean[0]) & (index < clean[1])
         peak = lowest_peak(stir[b][sel]) if bool(sel.any()) else _median(stir[b], m, zero + 1.0)
         if not bool(peak - zero > 1e-3):
@@ -226,7 +240,6 @@ def reference_context(
         muscle, fat, bone: ``(B, X, Y, Z)`` soft masks.
     """
     q, f = stir_ratio[:, 0], fat_index[:, 0]
-    pct = torch.tensor(_PERCENTILES, device=q.device)
     rows = []
     for b in range(q.shape[0]):  # cases, not regions
         sel = (muscle[b] > 0.5) & (f[b] > clean[0]) & (f[b] < clean[1])
@@ -236,7 +249,7 @@ def reference_context(
         if vals.numel() == 0:
             vals = q.new_ones(1)
         vals = vals[:: max(1, vals.numel() // 500_000)]
-        quant = torch.quantile(vals, pct)
+        quant = quantile(vals, _PERCENTILES)
         above = (vals > 1.25).float().mean().view(1)
         fat_q = _median(q[b], (fat[b] > 0.5) & (f[b] > 0.8), 0.2).view(1)
         marrow = _median(q[b], (bone[b] > 0.5) & (f[b] > 0.7), 0.2).view(1)
