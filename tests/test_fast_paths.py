@@ -1,0 +1,56 @@
+"""The fast paths give the slow paths' answers: quantiles, box filters, labels on the native grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nxp2seg.inference.geometry import probabilities_to_labels, voxel_map
+from nxp2seg.models.pooling import _box_mean_cumsum, box_mean
+from nxp2seg.quantiles import quantile
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 100_001])
+def test_quantile_equals_torch_quantile(n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    for q in (0.0, 0.01, 0.5, 0.99, 1.0):
+        assert torch.allclose(quantile(x, q), torch.quantile(x, q))
+    levels = (0.02, 0.1, 0.5, 0.9)
+    assert torch.allclose(quantile(x, levels), torch.quantile(x, torch.tensor(levels)))
+    with pytest.raises(ValueError):
+        quantile(x, 1.5)
+
+
+def test_box_mean_by_cumulative_sums_equals_avg_pool():
+    x = torch.rand(2, 3, 20, 17, 5, generator=torch.Generator().manual_seed(0))
+    for k in (3, 5, 9):
+        ref = torch.nn.functional.avg_pool3d(x, (k, 1, 1), stride=1, padding=(k // 2, 0, 0), count_include_pad=False)
+        assert torch.allclose(_box_mean_cumsum(x, 2, k // 2), ref, atol=1e-6)
+    # a window wider than the axis: the mean over the whole axis inside the window
+    wide = box_mean(x, [1, 1, 31])
+    assert torch.allclose(wide, x.mean(dim=4, keepdim=True).expand_as(x), atol=1e-6)
+
+
+def test_labels_on_the_native_grid_equal_the_trilinear_argmax():
+    """Only cells whose corners disagree are interpolated; the result is grid_sample's argmax."""
+    g = torch.Generator().manual_seed(0)
+    k, shape = 5, (40, 30, 12)
+    logits = torch.nn.functional.avg_pool3d(torch.randn(1, k, *shape, generator=g) * 5, 5, 1, 2)[0]
+    p = torch.softmax(logits, 0)
+    src_aff = np.diag([2.2, 2.2, 6.0, 1.0])
+    th = 0.1
+    rot = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
+    dst_aff = np.eye(4)
+    dst_aff[:3, :3] = rot @ np.diag([1.1, 1.1, 3.0])
+    dst_aff[:3, 3] = [3.0, -4.0, 1.0]
+    dst = (80, 60, 24)
+    got = probabilities_to_labels(p, list(range(k)), src_aff, dst, dst_aff, chunk_voxels=20_000, crop=False)
+    m = torch.as_tensor(voxel_map(src_aff, dst_aff))
+    ii, jj, kk = torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in dst], indexing="ij")
+    src = torch.stack([ii, jj, kk], -1) @ m[:3, :3].T + m[:3, 3]
+    scale = torch.tensor([2.0 / (n - 1) for n in shape], dtype=torch.float64)
+    grid = (src * scale - 1).flip(-1).float()[None]
+    ref = torch.nn.functional.grid_sample(p[None], grid, mode="bilinear", padding_mode="border",
+                                          align_corners=True)[0].argmax(0).numpy()
+    assert (got == ref).mean() > 0.9999  # equal up to float ties
