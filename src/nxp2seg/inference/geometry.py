@@ -43,6 +43,8 @@ def resample_to_grid(
     Points of the destination grid outside the source get ``cval``.
     """
     m = voxel_map(src_affine, dst_affine)
+    if tuple(np.shape(data)) == tuple(int(s) for s in dst_shape) and np.allclose(m, np.eye(4), atol=1e-6):
+        return np.array(data, dtype=np.float32)  # the same grid: nothing to interpolate
     return ndimage.affine_transform(
         np.asarray(data, dtype=np.float32), m[:3, :3], m[:3, 3], output_shape=tuple(int(s) for s in dst_shape),
         order=order, mode="grid-constant", cval=cval, prefilter=False,
@@ -104,45 +106,50 @@ def probabilities_to_labels(
     # Trilinear interpolation of probabilities cannot change the argmax inside a model-grid cell
     # whose 8 corners share their argmax (every corner has p_c >= p_j, so does any convex
     # combination): label those destination voxels from the corners, interpolate only the rest.
-    src_labels = p.argmax(0)
-    limits = torch.tensor(src_shape, dtype=torch.float64) - 1.0
+    src_labels = p.argmax(0).to(torch.uint8 if p.shape[0] <= 255 else torch.int64)
+    limits = torch.tensor(src_shape, dtype=torch.float32) - 1.0
     per_slab = max(1, chunk_voxels // max(1, dst_shape[1] * dst_shape[2]))
-    jj, kk = torch.meshgrid(torch.arange(dst_shape[1], dtype=torch.float64),
-                            torch.arange(dst_shape[2], dtype=torch.float64), indexing="ij")
+    m32 = m.to(torch.float32)
+    # source index = m[:3, :3] @ (i, j, k) + m[:3, 3]: the (j, k) part once, i added per slab
+    jj, kk = torch.meshgrid(torch.arange(dst_shape[1], dtype=torch.float32),
+                            torch.arange(dst_shape[2], dtype=torch.float32), indexing="ij")
+    plane = jj[..., None] * m32[:3, 1] + kk[..., None] * m32[:3, 2] + m32[:3, 3]  # (Y, Z, 3)
     for i0 in range(0, dst_shape[0], per_slab):
-        ii = torch.arange(i0, min(i0 + per_slab, dst_shape[0]), dtype=torch.float64)
-        idx = torch.stack(torch.broadcast_tensors(ii[:, None, None], jj[None], kk[None]), -1)
-        src = (idx @ m[:3, :3].T + m[:3, 3]).reshape(-1, 3)  # source voxel indices
-        chosen = _trilinear_argmax(p, src_labels, src.clamp(torch.zeros(3, dtype=torch.float64), limits))
-        out[i0 : i0 + len(ii)] = lut[chosen].reshape(len(ii), *dst_shape[1:]).numpy().astype(dtype)
+        ii = torch.arange(i0, min(i0 + per_slab, dst_shape[0]), dtype=torch.float32)
+        src = (ii[:, None, None, None] * m32[:3, 0] + plane).reshape(-1, 3)
+        src = torch.minimum(src.clamp_min(0.0), limits)
+        chosen = _trilinear_argmax(p, src_labels, src)
+        out[i0 : i0 + len(ii)] = lut[chosen.long()].reshape(len(ii), *dst_shape[1:]).numpy().astype(dtype)
     return out
 
 
 def _trilinear_argmax(p: torch.Tensor, src_labels: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """Argmax channel of ``p`` (``(K, X, Y, Z)``) trilinearly interpolated at ``src`` (``(n, 3)`` voxel
     coordinates inside the grid), computing the interpolation only where the cell's corners disagree."""
-    shape = torch.tensor(p.shape[1:])
-    base = torch.minimum(src.floor().long(), (shape - 2).clamp_min(0))  # (n, 3) lower corner
-    frac = (src - base.double()).to(torch.float32)  # 0..1 (0 on an axis of length 1)
-    step = (shape > 1).long()
+    nx, ny, nz = p.shape[1:]
+    top = torch.tensor([max(nx - 2, 0), max(ny - 2, 0), max(nz - 2, 0)])
+    base = torch.minimum(src.floor().long(), top)  # (n, 3) lower corner
+    frac = src - base.to(src.dtype)  # 0..1 (0 on an axis of length 1)
+    flat0 = (base[:, 0] * ny + base[:, 1]) * nz + base[:, 2]
+    strides = (ny * nz if nx > 1 else 0, nz if ny > 1 else 0, 1 if nz > 1 else 0)
     corners = [(a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-    flat = []
-    for da, db, dc in corners:
-        q = base + torch.tensor([da, db, dc]) * step
-        flat.append((q[:, 0] * shape[1] + q[:, 1]) * shape[2] + q[:, 2])
+    offsets = [a * strides[0] + b * strides[1] + c * strides[2] for a, b, c in corners]
     labels_flat = src_labels.reshape(-1)
-    corner_labels = torch.stack([labels_flat[f] for f in flat])  # (8, n)
-    chosen = corner_labels[0].clone()
-    mixed = torch.nonzero((corner_labels != corner_labels[0]).any(dim=0)).flatten()
-    if mixed.numel():
+    chosen = labels_flat[flat0]
+    mixed = torch.zeros(chosen.shape, dtype=torch.bool)
+    for off in offsets[1:]:
+        mixed |= labels_flat[flat0 + off] != chosen
+    idx = torch.nonzero(mixed).flatten()
+    if idx.numel():
         probs = p.reshape(p.shape[0], -1)
-        f = frac[mixed]
-        blend = torch.zeros(p.shape[0], mixed.numel(), dtype=p.dtype)
-        for (da, db, dc), fl in zip(corners, flat):
+        f, f0 = frac[idx], flat0[idx]
+        blend = torch.zeros(p.shape[0], idx.numel(), dtype=p.dtype)
+        for (da, db, dc), off in zip(corners, offsets):
             w = ((f[:, 0] if da else 1 - f[:, 0]) * (f[:, 1] if db else 1 - f[:, 1])
                  * (f[:, 2] if dc else 1 - f[:, 2]))
-            blend += probs[:, fl[mixed]] * w
-        chosen[mixed] = blend.argmax(0)
+            blend += probs[:, f0 + off] * w.to(p.dtype)
+        chosen = chosen.clone()
+        chosen[idx] = blend.argmax(0).to(chosen.dtype)
     return chosen
 
 
