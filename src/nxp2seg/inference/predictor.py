@@ -196,6 +196,23 @@ def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, 
 # ---------------------------------------------------------------------------
 
 
+def _native_order(stir: Any, t1_img: nib.Nifti1Image) -> np.ndarray | None:
+    """The STIR resampled onto the reoriented T1 (a MetaTensor), in the T1's own axis order.
+
+    Reorienting is exact (axes permuted and flipped). ``None`` when the result
+    is not exactly on the T1's grid (then the caller resamples).
+    """
+    data = np.asarray(stir.as_tensor() if hasattr(stir, "as_tensor") else stir, dtype=np.float32)[0]
+    affine = np.asarray(stir.affine, dtype=float)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.io_orientation(t1_img.affine))
+    out = nib.orientations.apply_orientation(data, ornt)
+    back = affine @ nib.orientations.inv_ornt_aff(ornt, data.shape)
+    if out.shape != tuple(t1_img.shape[:3]) or not np.allclose(back, t1_img.affine, atol=1e-3):
+        return None
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 class Predictor:
     """A bundle ready to segment and grade exams.
 
@@ -235,7 +252,12 @@ class Predictor:
             lr_permutation=[int(v) for v in lr_swap_lut(self.schema)],
             laterality_channel=len(self.prep.channels) if self.prep.laterality else None,
         ).to(self.device).eval()
-        self.transform = mt.Compose(preprocess_transforms(self.prep, with_label=False))
+        steps = preprocess_transforms(self.prep, with_label=False)
+        self.transform = mt.Compose(steps)
+        # split after STIR is resampled onto the (reoriented) T1: that STIR is also the one
+        # post-processing measures edema on, back in the T1's own axis order
+        cut = next(i for i, t in enumerate(steps) if isinstance(t, mt.ConcatItemsd))
+        self._to_t1_grid, self._to_model = mt.Compose(steps[:cut]), mt.Compose(steps[cut:])
         self.amp = bool(amp) and self.device.type == "cuda"
         self.n_classes = self.schema.max_label + 1
 
@@ -281,7 +303,9 @@ class Predictor:
             t["load"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             try:
-                item = self.transform({"t1": str(sources["t1"]), "stir": str(sources["stir"])})
+                on_t1 = self._to_t1_grid({"t1": str(sources["t1"]), "stir": str(sources["stir"])})
+                stir_on_t1 = _native_order(on_t1["stir"], t1_img)
+                item = self._to_model(on_t1)
             except Exception as e:  # noqa: BLE001 - MONAI wraps errors; say which case
                 raise CaseError(f"{case.case_id}: preprocessing failed ({type(e).__name__}: "
                                 f"{str(e).splitlines()[-1] if str(e) else ''})") from None
@@ -327,7 +351,8 @@ class Predictor:
         t0 = time.perf_counter()
         values = sorted(self.schema.station_labels(station))
         labels = probabilities_to_labels(probs[values], values, model_affine, t1_native.shape, t1_img.affine)
-        stir_native = resample_to_grid(stir_data, stir_img.affine, t1_native.shape, t1_img.affine)
+        stir_native = (stir_on_t1 if stir_on_t1 is not None
+                       else resample_to_grid(stir_data, stir_img.affine, t1_native.shape, t1_img.affine))
         region_names = self.schema.region_names(station)
         muscle = np.isin(labels, [v for r in region_names for v in self.schema.regions[r].labels])
         edema, stir_ref = edema_map(stir_native, t1_native, muscle)
