@@ -98,7 +98,6 @@ def main() -> None:
             "grading=none",
             "test=false",
             "validate_best=false",
-            "logger=none",
             f"trainer.check_val_every_n_epoch={args.every}",
             "+callbacks.early_stop._target_=pytorch_lightning.callbacks.EarlyStopping",
             "+callbacks.early_stop.monitor=val/dice_mean",
