@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from nxp2seg.argmax import channel_argmax
 from nxp2seg.inference.geometry import probabilities_to_labels, voxel_map
 from nxp2seg.models.pooling import _box_mean_cumsum, box_mean
 from nxp2seg.quantiles import quantile
@@ -54,3 +55,13 @@ def test_labels_on_the_native_grid_equal_the_trilinear_argmax():
     ref = torch.nn.functional.grid_sample(p[None], grid, mode="bilinear", padding_mode="border",
                                           align_corners=True)[0].argmax(0).numpy()
     assert (got == ref).mean() > 0.9999  # equal up to float ties
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_channel_argmax_equals_torch_argmax_ties_to_the_first(dim):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (5, 6, 7, 3), generator=gen).float()  # many ties
+    for keepdim in (False, True):
+        assert torch.equal(channel_argmax(x, dim, keepdim), x.argmax(dim=dim, keepdim=keepdim))
+    # by hand: ties go to the first channel
+    assert channel_argmax(torch.tensor([[1.0, 2.0], [3.0, 2.0], [3.0, 0.0]])).tolist() == [1, 0]

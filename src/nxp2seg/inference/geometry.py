@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from nxp2seg.argmax import channel_argmax
+
 __all__ = [
     "describe_geometry",
     "overlap_fraction",
@@ -106,7 +108,7 @@ def probabilities_to_labels(
     # Trilinear interpolation of probabilities cannot change the argmax inside a model-grid cell
     # whose 8 corners share their argmax (every corner has p_c >= p_j, so does any convex
     # combination): label those destination voxels from the corners, interpolate only the rest.
-    src_labels = p.argmax(0).to(torch.uint8 if p.shape[0] <= 255 else torch.int64)
+    src_labels = channel_argmax(p).to(torch.uint8 if p.shape[0] <= 255 else torch.int64)
     limits = torch.tensor(src_shape, dtype=torch.float32) - 1.0
     per_slab = max(1, chunk_voxels // max(1, dst_shape[1] * dst_shape[2]))
     m32 = m.to(torch.float32)
@@ -149,7 +151,7 @@ def _trilinear_argmax(p: torch.Tensor, src_labels: torch.Tensor, src: torch.Tens
                  * (f[:, 2] if dc else 1 - f[:, 2]))
             blend += probs[:, f0 + off] * w.to(p.dtype)
         chosen = chosen.clone()
-        chosen[idx] = blend.argmax(0).to(chosen.dtype)
+        chosen[idx] = channel_argmax(blend).to(chosen.dtype)
     return chosen
 
 
@@ -159,7 +161,7 @@ def _foreground_box(p: torch.Tensor, values: list[int], src_affine: np.ndarray,
     ``None`` when there is no background channel (nothing to crop)."""
     if 0 not in values:
         return None
-    fg = p.argmax(0) != values.index(0)
+    fg = channel_argmax(p) != values.index(0)
     if not bool(fg.any()):
         return ()
     idx = torch.nonzero(fg)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nxp2seg.argmax import channel_argmax
+
 __all__ = ["STRENGTHS", "calibrate_strength", "perturb_image", "region_dice"]
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ def calibrate_strength(
             image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
             image = perturb_image(image, strength, gen).to(device)
             allowed = torch.as_tensor(np.asarray(item["allowed_labels"]), device=device)[None]
-            labels = segment(image, allowed).argmax(dim=1)[0]
+            labels = channel_argmax(segment(image, allowed), dim=1)[0]
             truth = torch.as_tensor(np.asarray(d["label"]))[0].round().long()
             scores.append(region_dice(labels, truth, values_of(str(item["station"]))))
         return _mean_over_regions(scores)

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from nxp2seg.argmax import channel_argmax
 from nxp2seg.config_utils import to_plain as _plain
 
 __all__ = ["Segmenter", "MASKED_LOGIT", "body_box", "mask_logits", "network_logits"]
@@ -331,7 +332,7 @@ class Segmenter(pl.LightningModule):
             if n_skip:
                 idx = keep.nonzero().squeeze(1)
                 logits, label = logits[idx.to(logits.device)], label[idx.to(label.device)]
-        pred = logits.argmax(dim=1, keepdim=True)
+        pred = channel_argmax(logits, dim=1, keepdim=True)
         p, g = self._regions_onehot(pred), self._regions_onehot(label)
         if self._dice_metric is None:
             self._dice_metric = DiceMetric(
