@@ -521,7 +521,8 @@ def preprocess_transforms(
             keys=keys, axcodes=prep.orientation, labels=_AXIS_LABELS, allow_missing_keys=opt
         ),
         mt.ResampleToMatchd(
-            keys="stir", key_dst="t1", mode=prep.image_interpolation, padding_mode="zeros"
+            keys="stir", key_dst="t1", mode=prep.image_interpolation, padding_mode="zeros",
+            dtype=np.float32,
         ),
         mt.ConcatItemsd(keys=list(IMAGE_KEYS), name="image", dim=0),
         mt.DeleteItemsd(keys=list(IMAGE_KEYS)),

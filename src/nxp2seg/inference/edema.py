@@ -34,10 +34,7 @@ def _clean_muscle(t1: np.ndarray, muscle: np.ndarray) -> tuple[np.ndarray, float
     return muscle & (t1 > 0.8 * t1_ref) & (t1 < 1.15 * t1_ref), t1_ref
 
 
-def normal_muscle_reference(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
-                            min_voxels: int = 50) -> float:
-    """STIR signal of normal muscle in this station (see the module docstring); NaN if too little muscle."""
-    clean, _ = _clean_muscle(t1, muscle)
+def _reference_from(stir: np.ndarray, clean: np.ndarray, min_voxels: int) -> float:
     v = stir[clean]
     v = v[v > 0]
     if v.size < min_voxels:
@@ -55,9 +52,27 @@ def normal_muscle_reference(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray
     return float(np.exp(0.5 * (edges[i] + edges[i + 1])))
 
 
+def normal_muscle_reference(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
+                            min_voxels: int = 50) -> float:
+    """STIR signal of normal muscle in this station (see the module docstring); NaN if too little muscle."""
+    clean, _ = _clean_muscle(t1, muscle)
+    return _reference_from(stir, clean, min_voxels)
+
+
+def _muscle_box(muscle: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``muscle`` (empty slices when it is empty)."""
+    box = []
+    for axis in range(muscle.ndim):
+        hit = np.flatnonzero(muscle.any(axis=tuple(a for a in range(muscle.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0))
+    return tuple(box)
+
+
 def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
               threshold: float = EDEMA_THRESHOLD) -> tuple[np.ndarray, float]:
     """Boolean edema map inside ``muscle`` and the STIR reference it used.
+
+    Computed on the bounding box of ``muscle`` (nothing outside it can be edema).
 
     Args:
         stir, t1: intensities on one grid (STIR already resampled onto T1's).
@@ -67,8 +82,11 @@ def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
     Returns:
         ``(edema, reference)``; ``edema`` all False when no reference can be found.
     """
-    ref = normal_muscle_reference(stir, t1, muscle)
-    if not np.isfinite(ref):
-        return np.zeros(muscle.shape, bool), ref
-    _, t1_ref = _clean_muscle(t1, muscle)
-    return muscle & (t1 > 0.75 * t1_ref) & (stir > threshold * ref), ref
+    edema = np.zeros(muscle.shape, bool)
+    box = _muscle_box(muscle)
+    m, t, s = muscle[box], t1[box], stir[box]
+    clean, t1_ref = _clean_muscle(t, m)
+    ref = _reference_from(s, clean, 50)
+    if np.isfinite(ref):
+        edema[box] = m & (t > 0.75 * t1_ref) & (s > threshold * ref)
+    return edema, ref

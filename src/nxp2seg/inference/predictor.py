@@ -196,6 +196,23 @@ def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, 
 # ---------------------------------------------------------------------------
 
 
+def _as_loaded(img: nib.Nifti1Image, data: np.ndarray, source: Any) -> Any:
+    """What the bundle's ``LoadImaged`` (MONAI ``NibabelReader``, channel first) gives for ``img``,
+    from the voxels ``data`` already read and checked (the file is not decompressed twice)."""
+    from monai.data import MetaTensor
+    from monai.data.image_reader import NibabelReader
+    from monai.data.utils import correct_nifti_header_if_necessary
+    from monai.transforms import EnsureChannelFirst
+    from monai.utils import ImageMetaKey
+
+    reader = NibabelReader(dtype=np.float32)
+    reader.filenames = (str(source),)  # what NibabelReader.read would have set
+    in_memory = correct_nifti_header_if_necessary(nib.Nifti1Image(data, img.affine, img.header))
+    array, meta = reader.get_data(in_memory)
+    meta[ImageMetaKey.FILENAME_OR_OBJ] = str(source)
+    return EnsureChannelFirst()(MetaTensor.ensure_torch_and_prune_meta(array, meta))
+
+
 def _native_order(stir: Any, t1_img: nib.Nifti1Image) -> np.ndarray | None:
     """The STIR resampled onto the reoriented T1 (a MetaTensor), in the T1's own axis order.
 
@@ -257,7 +274,8 @@ class Predictor:
         # split after STIR is resampled onto the (reoriented) T1: that STIR is also the one
         # post-processing measures edema on, back in the T1's own axis order
         cut = next(i for i, t in enumerate(steps) if isinstance(t, mt.ConcatItemsd))
-        self._to_t1_grid, self._to_model = mt.Compose(steps[:cut]), mt.Compose(steps[cut:])
+        assert isinstance(steps[0], mt.LoadImaged)  # replaced by the images already read (_as_loaded)
+        self._to_t1_grid, self._to_model = mt.Compose(steps[1:cut]), mt.Compose(steps[cut:])
         self.amp = bool(amp) and self.device.type == "cuda"
         self.n_classes = self.schema.max_label + 1
 
@@ -303,7 +321,8 @@ class Predictor:
             t["load"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             try:
-                on_t1 = self._to_t1_grid({"t1": str(sources["t1"]), "stir": str(sources["stir"])})
+                on_t1 = self._to_t1_grid({"t1": _as_loaded(t1_img, t1_native, sources["t1"]),
+                                          "stir": _as_loaded(stir_img, stir_data, sources["stir"])})
                 stir_on_t1 = _native_order(on_t1["stir"], t1_img)
                 item = self._to_model(on_t1)
             except Exception as e:  # noqa: BLE001 - MONAI wraps errors; say which case
