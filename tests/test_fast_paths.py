@@ -8,7 +8,7 @@ import torch
 
 from nxp2seg.argmax import channel_argmax
 from nxp2seg.inference.geometry import probabilities_to_labels, voxel_map
-from nxp2seg.models.pooling import _box_mean_cumsum, box_mean
+from nxp2seg.models.pooling import _box_mean_cumsum, _box_mean_shifts, box_mean
 from nxp2seg.quantiles import quantile
 
 
@@ -23,11 +23,19 @@ def test_quantile_equals_torch_quantile(n):
         quantile(x, 1.5)
 
 
-def test_box_mean_by_cumulative_sums_equals_avg_pool():
+def test_box_mean_by_shifted_adds_and_cumulative_sums_equals_avg_pool():
     x = torch.rand(2, 3, 20, 17, 5, generator=torch.Generator().manual_seed(0))
     for k in (3, 5, 9):
         ref = torch.nn.functional.avg_pool3d(x, (k, 1, 1), stride=1, padding=(k // 2, 0, 0), count_include_pad=False)
         assert torch.allclose(_box_mean_cumsum(x, 2, k // 2), ref, atol=1e-6)
+        assert torch.allclose(_box_mean_shifts(x, 2, k // 2), ref, atol=1e-6)
+    # windows wider than the axis (z has 5 voxels), by both paths and through box_mean
+    for k in (7, 9, 31):
+        assert torch.allclose(_box_mean_shifts(x, 4, k // 2), _box_mean_cumsum(x, 4, k // 2), atol=1e-6)
+    assert torch.allclose(box_mean(x, [1, 1, 9]), x.mean(dim=4, keepdim=True).expand_as(x), atol=1e-6)
+    # by hand: [1, 2, 3, 10] with a window of 3 -> [1.5, 2, 5, 6.5]
+    v = torch.tensor([1.0, 2.0, 3.0, 10.0]).view(1, 1, 4, 1, 1)
+    assert box_mean(v, [3, 1, 1]).flatten().tolist() == [1.5, 2.0, 5.0, 6.5]
     # a window wider than the axis: the mean over the whole axis inside the window
     wide = box_mean(x, [1, 1, 31])
     assert torch.allclose(wide, x.mean(dim=4, keepdim=True).expand_as(x), atol=1e-6)
