@@ -73,3 +73,35 @@ def test_channel_argmax_equals_torch_argmax_ties_to_the_first(dim):
         assert torch.equal(channel_argmax(x, dim, keepdim), x.argmax(dim=dim, keepdim=keepdim))
     # by hand: ties go to the first channel
     assert channel_argmax(torch.tensor([[1.0, 2.0], [3.0, 2.0], [3.0, 0.0]])).tolist() == [1, 0]
+
+
+def test_images_already_read_give_the_bundle_transforms_bit_identical_input(tmp_path):
+    """predict hands the voxels it read and checked to the bundle's transforms (no second read):
+    the model input must equal what MONAI's LoadImaged gives from the files, to the bit."""
+    import monai.transforms as mt
+    import nibabel as nib
+
+    from helpers_synthetic import grid_affine, render_case
+    from nxp2seg.data.preprocessing import Preprocessing
+    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.inference.predictor import _as_loaded
+
+    rng = np.random.default_rng(0)
+    t1_aff = grid_affine((60, 44, 8), (1.5, 1.5, 5.0), lps=True)
+    stir_aff = grid_affine((40, 30, 8), (2.2, 2.2, 5.0))
+    _, t1, _ = render_case(t1_aff, (60, 44, 8), "thigh", rng)
+    _, _, stir = render_case(stir_aff, (40, 30, 8), "thigh", rng)
+    paths = {}
+    for key, data, aff in (("t1", t1, t1_aff), ("stir", stir, stir_aff)):
+        img = nib.Nifti1Image(np.round(data * 1000).astype(np.int16), aff)
+        img.header.set_slope_inter(0.5, 3.0)  # scaled integers, as scanners export
+        paths[key] = tmp_path / f"{key}.nii.gz"
+        nib.save(img, paths[key])
+    steps = preprocess_transforms(Preprocessing(target_spacing=(2.5, 2.5, 5.0), patch_size=(16, 16, 4)),
+                                  with_label=False)
+    from_files = mt.Compose(steps)({k: str(p) for k, p in paths.items()})["image"]
+    loaded = {k: nib.load(p) for k, p in paths.items()}
+    read = {k: _as_loaded(img, img.get_fdata(dtype=np.float32), paths[k]) for k, img in loaded.items()}
+    from_memory = mt.Compose(steps[1:])(read)["image"]
+    assert torch.equal(from_files.as_tensor(), from_memory.as_tensor())
+    assert np.array_equal(np.asarray(from_files.affine), np.asarray(from_memory.affine))
