@@ -27,6 +27,8 @@ from scipy import ndimage
 __all__ = ["EDEMA_THRESHOLD", "edema_map", "normal_muscle_reference"]
 
 EDEMA_THRESHOLD = 1.3
+#: Fewer clean-muscle voxels than this give no reference (NaN).
+MIN_REFERENCE_VOXELS = 50
 
 
 def _clean_muscle(t1: np.ndarray, muscle: np.ndarray) -> tuple[np.ndarray, float]:
@@ -53,7 +55,7 @@ def _reference_from(stir: np.ndarray, clean: np.ndarray, min_voxels: int) -> flo
 
 
 def normal_muscle_reference(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
-                            min_voxels: int = 50) -> float:
+                            min_voxels: int = MIN_REFERENCE_VOXELS) -> float:
     """STIR signal of normal muscle in this station (see the module docstring); NaN if too little muscle."""
     clean, _ = _clean_muscle(t1, muscle)
     return _reference_from(stir, clean, min_voxels)
@@ -86,7 +88,7 @@ def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
     box = _muscle_box(muscle)
     m, t, s = muscle[box], t1[box], stir[box]
     clean, t1_ref = _clean_muscle(t, m)
-    ref = _reference_from(s, clean, 50)
+    ref = _reference_from(s, clean, MIN_REFERENCE_VOXELS)
     if np.isfinite(ref):
         edema[box] = m & (t > 0.75 * t1_ref) & (s > threshold * ref)
     return edema, ref

@@ -270,7 +270,6 @@ class Predictor:
             laterality_channel=len(self.prep.channels) if self.prep.laterality else None,
         ).to(self.device).eval()
         steps = preprocess_transforms(self.prep, with_label=False)
-        self.transform = mt.Compose(steps)
         # split after STIR is resampled onto the (reoriented) T1: that STIR is also the one
         # post-processing measures edema on, back in the T1's own axis order
         cut = next(i for i, t in enumerate(steps) if isinstance(t, mt.ConcatItemsd))

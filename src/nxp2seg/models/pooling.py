@@ -67,12 +67,21 @@ def _box_mean_cumsum(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     n = x.shape[dim]
     c = torch.cumsum(x, dim=dim)
     c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)  # c[i] = sum x[:i]
-    i = torch.arange(n, device=x.device)
-    lo, hi = (i - half).clamp(min=0), (i + half + 1).clamp(max=n)
-    total = c.index_select(dim, hi) - c.index_select(dim, lo)
+    lo, hi = _window(x, dim, half)
+    return (c.index_select(dim, hi) - c.index_select(dim, lo)) / _count(x, dim, lo, hi)
+
+
+def _window(x: torch.Tensor, dim: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and one-past-last index of ``[i - half, i + half]`` clipped to the axis ``dim``."""
+    i = torch.arange(x.shape[dim], device=x.device)
+    return (i - half).clamp(min=0), (i + half + 1).clamp(max=x.shape[dim])
+
+
+def _count(x: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Voxels per clipped window, shaped to broadcast along ``dim`` of ``x``."""
     shape = [1] * x.ndim
-    shape[dim] = n
-    return total / (hi - lo).to(x.dtype).view(shape)
+    shape[dim] = x.shape[dim]
+    return (hi - lo).to(x.dtype).view(shape)
 
 
 def _box_mean_shifts(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
@@ -83,11 +92,7 @@ def _box_mean_shifts(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     for s in range(1, min(half, n - 1) + 1):
         out.narrow(dim, s, n - s).add_(x.narrow(dim, 0, n - s))
         out.narrow(dim, 0, n - s).add_(x.narrow(dim, s, n - s))
-    i = torch.arange(n, device=x.device)
-    count = ((i + half + 1).clamp(max=n) - (i - half).clamp(min=0)).to(x.dtype)
-    shape = [1] * x.ndim
-    shape[dim] = n
-    return out.div_(count.view(shape))
+    return out.div_(_count(x, dim, *_window(x, dim, half)))
 
 
 def box_mean(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
