@@ -64,7 +64,6 @@ def kernel_voxels(mm: float, spacing: float) -> int:
 
 def _box_mean_cumsum(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     """Mean over ``[i - half, i + half]`` clipped to the axis ``dim``, by cumulative sums."""
-    n = x.shape[dim]
     c = torch.cumsum(x, dim=dim)
     c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)  # c[i] = sum x[:i]
     lo, hi = _window(x, dim, half)
