@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--no-crop", action="store_true", help="slide over the whole volume, not the body's box")
     ap.add_argument("--no-tta", action="store_true", help="predict without the mirror test-time augmentation")
     args = ap.parse_args()
+    from nxp2seg.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as nxp2seg.predict does (baseline and nxp2seg alike)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -56,3 +56,33 @@ def test_calibration_finds_the_strength_where_seen_cases_segment_like_unseen_one
     # nothing to correct when the seen cases are no better than the unseen ones
     none, _ = calibrate_strength(segment, unseen, seen, lambda it: it, lambda st: [1], torch.device("cpu"))
     assert none == 0.0
+
+
+def test_calibration_loads_each_case_once_and_stops_at_the_crossing():
+    loads = []
+
+    def load(item):
+        loads.append(item["id"])
+        return item
+
+    def segment(image, allowed):  # Dice falls with strength: the noise flips voxels
+        fg = (image[:, 1] > 0).float()
+        return torch.stack([1 - fg, fg], dim=1)
+
+    g = torch.Generator().manual_seed(0)
+    items = []
+    for i in range(4):
+        clean = torch.where(torch.rand(1, 1, 24, 24, 6, generator=g) > 0.5, 1.0, -1.0)
+        items.append({"id": i, "image": torch.cat([clean, clean], 1)[0].numpy(),
+                      "label": (clean[0] > 0).float().numpy(), "allowed_labels": np.ones(2, bool),
+                      "station": "thigh"})
+    strengths = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    full = {s: calibrate_strength(segment, items, [], load, lambda st: [1], torch.device("cpu"),
+                                  strengths=(0.0, s), target=0.0)[1]["seen_dice"][f"{s:g}"] for s in strengths[1:]}
+    target = (full[1.0] + full[2.0]) / 2  # crossed between strengths 1 and 2
+    loads.clear()
+    strength, report = calibrate_strength(segment, items, [], load, lambda st: [1], torch.device("cpu"),
+                                          strengths=strengths, target=target)
+    assert sorted(loads) == [0, 1, 2, 3]  # preprocessed once, not once per strength
+    assert list(report["seen_dice"]) == ["0", "1", "2"]  # 3, 4, 5 would not change the result
+    assert 1.0 < strength < 2.0

@@ -62,6 +62,9 @@ def predict(cfg: DictConfig) -> Any:
         raise ValueError("model=BUNDLE is required (the bundle folder written by nxp2seg.train)")
     if not cfg.output:
         raise ValueError("output=DIR is required")
+    from nxp2seg.runtime import keep_freed_memory
+
+    keep_freed_memory()  # no page faults on every window's activations (nxp2seg.runtime)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     device = _device(str(cfg.device))  # before anything is created

@@ -243,7 +243,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     import torch
 
     from nxp2seg.models.bundle import write_bundle
+    from nxp2seg.runtime import keep_freed_memory
 
+    keep_freed_memory()  # no page faults on every step's activations (nxp2seg.runtime)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.get("float32_matmul_precision"):

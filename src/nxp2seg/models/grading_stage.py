@@ -763,7 +763,7 @@ def run_grading_stage(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    t_fit = time.perf_counter() - t0 - t_extract
+    t_fit = time.perf_counter() - t0 - t_calibrate - t_extract
     grades = datamodule.cohort.grades
     metrics: dict[str, dict[str, float]] = {}
     for split, f in feats.items():

@@ -109,24 +109,42 @@ def calibrate_strength(
         interpolated linearly between the tried strengths, falls to the unseen
         cases' (0 when it never was above; the largest tried when it stays
         above), and ``{"unseen_dice", "seen_dice": {strength: dice}, "strength"}``.
+        Strengths are tried in increasing order up to the first whose Dice is at or
+        below the target (``seen_dice`` holds those tried); each case is
+        preprocessed once.
     """
 
-    def mean_dice(items: Sequence[Mapping[str, Any]], strength: float) -> float:
-        gen = torch.Generator().manual_seed(int(seed))
-        scores: list[dict[int, float]] = []
-        for item in items:
+    loaded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # each case preprocessed once
+
+    def image_and_truth(i: int, item: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in loaded:
             d = load(item)
             image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
+            loaded[i] = image, torch.as_tensor(np.asarray(d["label"]))[0].round().long()
+        return loaded[i]
+
+    def mean_dice(items: Sequence[Mapping[str, Any]], strength: float, offset: int = 0) -> float:
+        gen = torch.Generator().manual_seed(int(seed))
+        scores: list[dict[int, float]] = []
+        for i, item in enumerate(items):
+            image, truth = image_and_truth(offset + i, item)
             image = perturb_image(image, strength, gen).to(device)
             allowed = torch.as_tensor(np.asarray(item["allowed_labels"]), device=device)[None]
             labels = channel_argmax(segment(image, allowed), dim=1)[0]
-            truth = torch.as_tensor(np.asarray(d["label"]))[0].round().long()
             scores.append(region_dice(labels, truth, values_of(str(item["station"]))))
         return _mean_over_regions(scores)
 
     if target is None or not np.isfinite(float(target)):
-        target = mean_dice(unseen, 0.0)
-    curve = {float(s): mean_dice(seen, float(s)) for s in strengths}
+        target = mean_dice(unseen, 0.0, offset=len(seen))
+        loaded = {i: v for i, v in loaded.items() if i < len(seen)}
+    # increasing strengths until the seen cases' Dice falls to the target: the stronger
+    # ones would not change the interpolated strength
+    curve: dict[float, float] = {}
+    for s in sorted(float(x) for x in strengths):
+        curve[s] = mean_dice(seen, s)
+        if not np.isfinite(target) or curve[s] <= target:
+            break
+    loaded.clear()
     xs = sorted(curve)
     strength = 0.0
     if np.isfinite(target) and curve[xs[0]] > target:
