@@ -114,20 +114,23 @@ def calibrate_strength(
         preprocessed once.
     """
 
-    loaded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # each case preprocessed once
+    seen_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # seen cases: preprocessed once
 
-    def image_and_truth(i: int, item: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        if i not in loaded:
-            d = load(item)
-            image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
-            loaded[i] = image, torch.as_tensor(np.asarray(d["label"]))[0].round().long()
-        return loaded[i]
+    def prepared(i: int, item: Mapping[str, Any], cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if i in seen_cache:
+            return seen_cache[i]
+        d = load(item)
+        image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
+        out = image, torch.as_tensor(np.asarray(d["label"]))[0].round().long()
+        if cache:
+            seen_cache[i] = out
+        return out
 
-    def mean_dice(items: Sequence[Mapping[str, Any]], strength: float, offset: int = 0) -> float:
+    def mean_dice(items: Sequence[Mapping[str, Any]], strength: float, cache: bool = True) -> float:
         gen = torch.Generator().manual_seed(int(seed))
         scores: list[dict[int, float]] = []
         for i, item in enumerate(items):
-            image, truth = image_and_truth(offset + i, item)
+            image, truth = prepared(i, item, cache)
             image = perturb_image(image, strength, gen).to(device)
             allowed = torch.as_tensor(np.asarray(item["allowed_labels"]), device=device)[None]
             labels = channel_argmax(segment(image, allowed), dim=1)[0]
@@ -135,8 +138,7 @@ def calibrate_strength(
         return _mean_over_regions(scores)
 
     if target is None or not np.isfinite(float(target)):
-        target = mean_dice(unseen, 0.0, offset=len(seen))
-        loaded = {i: v for i, v in loaded.items() if i < len(seen)}
+        target = mean_dice(unseen, 0.0, cache=False)  # read once: not cached
     # increasing strengths until the seen cases' Dice falls to the target: the stronger
     # ones would not change the interpolated strength
     curve: dict[float, float] = {}
@@ -144,7 +146,7 @@ def calibrate_strength(
         curve[s] = mean_dice(seen, s)
         if not np.isfinite(target) or curve[s] <= target:
             break
-    loaded.clear()
+    seen_cache.clear()
     xs = sorted(curve)
     strength = 0.0
     if np.isfinite(target) and curve[xs[0]] > target:
