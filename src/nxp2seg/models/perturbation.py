@@ -117,7 +117,7 @@ def calibrate_strength(
     seen_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # seen cases: preprocessed once
 
     def prepared(i: int, item: Mapping[str, Any], cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        if i in seen_cache:
+        if cache and i in seen_cache:
             return seen_cache[i]
         d = load(item)
         image = torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32)[None]
