@@ -61,14 +61,14 @@ def main() -> None:
     args = ap.parse_args()
     runs: dict[str, list[dict]] = {"glibc default": [], "nxp2seg": []}
     for _ in range(args.repeats):
-        for name in runs:
+        for name, results in runs.items():
             env = dict(os.environ)
             env.pop("NXP2SEG_MALLOC", None)
             if name == "glibc default":
                 env["NXP2SEG_MALLOC"] = "default"
             out = subprocess.run([sys.executable, "-c", _CHILD, str(args.steps)], env=env,
                                  capture_output=True, text=True, check=True)
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{'setting':15s} {'median step s':>14s} {'user s':>8s} {'kernel s':>9s} {'minor faults':>13s}")
     for name, rs in runs.items():
         for r in rs:

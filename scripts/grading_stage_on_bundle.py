@@ -40,44 +40,39 @@ def _staged_grading_config() -> dict:
     return {k: v for k, v in grading.items() if not k.startswith("_")}
 
 
-def main() -> None:
-    import torch
-    from omegaconf import OmegaConf
-
-    from nxp2seg.data.datamodule import CohortDataModule
-    from nxp2seg.models.bundle import load_bundle, write_bundle
-    from nxp2seg.models.grading import FeatureTap, build_grader
-    from nxp2seg.models.grading_stage import StageOptions, run_grading_stage
-    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
-    from nxp2seg.models.myositis import GradingNet, size_divisor_of
-
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("bundle", type=Path)
-    ap.add_argument("options", nargs="*", help="StageOptions as key=value")
-    ap.add_argument("--out", type=Path, help="write a bundle with the head here")
-    ap.add_argument("--cohort", type=Path, help="the cohort (default: the bundle's)")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    opts = {"enabled": True}
-    grader_overrides = {}
-    for kv in args.options:
+def parse_options(pairs: list[str]) -> tuple[dict, dict]:
+    """``key=value`` pairs -> (StageOptions mapping, grader overrides for ``grader.key=value``)."""
+    opts: dict = {"enabled": True}
+    grader_overrides: dict = {}
+    for kv in pairs:
         key, _, value = kv.partition("=")
         parsed = json.loads(value) if value not in ("", "None") else None
         if key.startswith("grader."):  # RegionFeatures/GradingHead options, e.g. grader.reference="tissue"
             grader_overrides[key[len("grader.") :]] = parsed
         else:
             opts[key] = parsed
-    options = StageOptions.from_mapping(opts)
+    return opts, grader_overrides
 
-    t0 = time.perf_counter()
-    bundle = load_bundle(args.bundle)
+
+def stage_on_bundle(bundle_path: Path, pairs: list[str], cohort: Path | None = None):
+    """Train a grading head on ``bundle_path``'s frozen network; returns ``(result, bundle, net, grader, kwargs)``."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from nxp2seg.data.datamodule import CohortDataModule
+    from nxp2seg.inference.predictor import Predictor
+    from nxp2seg.models.bundle import load_bundle
+    from nxp2seg.models.grading import FeatureTap, build_grader
+    from nxp2seg.models.grading_stage import StageOptions, run_grading_stage
+    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
+    from nxp2seg.models.myositis import size_divisor_of
+
+    opts, grader_overrides = parse_options(pairs)
+    options = StageOptions.from_mapping(opts)
+    bundle = load_bundle(bundle_path)
     if bundle.has_grading:
-        print(f"{args.bundle}: already has a grading head; training a new one")
-    cohort = args.cohort or Path(bundle.validation.get("data", {}).get("cohort", ""))
+        print(f"{bundle_path}: already has a grading head; training a new one")
+    cohort = cohort or Path(bundle.validation.get("data", {}).get("cohort", ""))
     dm = CohortDataModule(
         cohort=cohort,
         split=OmegaConf.to_container(bundle.config.data.split, resolve=True),
@@ -103,8 +98,6 @@ def main() -> None:
     with torch.random.fork_rng():
         torch.manual_seed(options.seed)
         grader = build_grader(**grader_kwargs)
-    from nxp2seg.inference.predictor import Predictor
-
     segmenter = Predictor(bundle).segmenter  # the sliding-window inference predict segments with
     result = run_grading_stage(
         net,
@@ -116,6 +109,30 @@ def main() -> None:
         size_divisor=size_divisor_of(net),
         segment=segmenter.infer,
     )
+    return result, bundle, net, grader, grader_kwargs
+
+
+def main() -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from nxp2seg.models.bundle import write_bundle
+    from nxp2seg.models.myositis import GradingNet
+
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("options", nargs="*", help="StageOptions as key=value")
+    ap.add_argument("--out", type=Path, help="write a bundle with the head here")
+    ap.add_argument("--cohort", type=Path, help="the cohort (default: the bundle's)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result, bundle, net, grader, grader_kwargs = stage_on_bundle(args.bundle, args.options, args.cohort)
+    prep = bundle.preprocessing
     print(json.dumps({"metrics": result.metrics, "stage": result.summary}, indent=1))
     print(f"total {time.perf_counter() - t0:.1f} s")
     if args.out:
