@@ -67,9 +67,9 @@ def true_references(bundle, cohort: Path) -> list[dict]:
     if not (cohort / "truth" / "edema").is_dir():
         raise SystemExit(f"{cohort}: no truth/edema folder; this diagnostic needs a phantom cohort")
     load = mt.Compose(preprocess_transforms(bundle.preprocessing, with_label=True))
-    labels = bundle.dataset.schema.labels
-    muscle_values = [v for k, v in labels.items() if k.startswith(("thigh_", "calf_"))]
-    fat_values = [v for k, v in labels.items() if k.startswith("subcutaneous")]
+    schema = bundle.dataset.schema
+    muscle_values = sorted({v for region in schema.regions.values() for v in region.labels})
+    fat_values = [v for k, v in schema.labels.items() if k.startswith("subcutaneous")]
     cases = pd.read_csv(cohort / "cases.csv")
     out = []
     for case_id, split in zip(cases.case_id, cases.split):
