@@ -381,8 +381,11 @@ def test_predict_thigh_exam_declared_calf_is_graded_with_a_warning(manifest_batc
     assert warning and "declared_calf: the station is given as calf" in warning
     assert "more confident that this is a thigh exam" in warning and "check the station" in warning
     assert warning in report["notes"]
+    assert report["warnings"] == ["station_questioned"] and row["warnings"] == "station_questioned"
+    assert report["warning_messages"]["station_questioned"] == warning
     good = json.loads((b["out"] / "good_thigh" / "report.json").read_text())
     assert good["station_warning"] is None  # a correct station raises nothing
+    assert good["warnings"] == [] and str(b["cases"].set_index("case_id").loc["good_thigh", "warnings"]) in ("", "nan")
 
 
 # ---------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, InputError, OutputError, BundleError, FileNotFoundError) as e:
         print(f"nxp2seg.predict: {e}", file=sys.stderr)
         return 2
-    from nxp2seg.inference.distributed import is_main_process
+    from nxp2seg.inference.batch import is_main_process
 
     if is_main_process():
         for cid, err in summary.failures:

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
 from nxp2seg.inference.inputs import CaseInput
 from nxp2seg.inference.predictor import CaseError, CasePrediction, Predictor
 from nxp2seg.inference.writers import (
+    add_warning,
     case_dir,
     failed_report,
     finished,
@@ -33,9 +36,19 @@ from nxp2seg.inference.writers import (
     write_tables,
 )
 
-__all__ = ["BatchSummary", "OutputError", "case_report", "check_output", "predict_one", "run_batch"]
+__all__ = ["BatchSummary", "OutputError", "case_report", "check_output", "is_main_process", "predict_one",
+           "run_batch"]
 
 log = logging.getLogger(__name__)
+
+
+def is_main_process() -> bool:
+    """False in the extra ranks Lightning launches (they neither write tables nor print).
+
+    Lightning's own rank record: read from the launcher's environment
+    (``RANK``, ``LOCAL_RANK``, ...) at import and set by the strategy.
+    """
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
 class OutputError(ValueError):
@@ -100,6 +113,8 @@ def case_report(pred: CasePrediction, seconds: float, files: Sequence[str], mode
         "notes": pred.notes,
         "files": list(files),
         "model": model,
+        "warnings": list(pred.case.get("warnings", [])),
+        "warning_messages": dict(pred.case.get("warning_messages", {})),
     }
 
 
@@ -139,6 +154,8 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
             files.append("seg.dcm")
         report = case_report(pred, time.perf_counter() - t0, files, model_info or {})
         report["inputs"] = _inputs_of(case)
+        if report.get("station_warning"):
+            add_warning(report, "station_questioned", report["station_warning"])
         write_report(d / "report.json", report)
         return report
     except (KeyboardInterrupt, SystemExit):
@@ -204,8 +221,6 @@ def run_batch(
     else:
         reports.update(_loop(predictor, pending, out, qc, dicom_seg, model_info, progress))
     _clean_work(out)
-    from nxp2seg.inference.distributed import is_main_process
-
     if is_main_process():
         tables = write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
         _keep_unsaved_errors(out, tables["cases"], reports)

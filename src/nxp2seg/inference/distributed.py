@@ -5,7 +5,7 @@ Lightning launches the ranks and shards the case list with its unrepeated
 distributed sampler for prediction (no case runs twice); every rank calls the
 same :func:`~nxp2seg.inference.batch.predict_one` as a single process, so the
 files are the same. After a barrier the reports are read back from disk and
-rank 0 writes the tables.
+rank 0 writes the tables (:func:`~nxp2seg.inference.batch.is_main_process`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["is_main_process", "lightning_predict_fn"]
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
 
+from nxp2seg.inference.batch import predict_one
+from nxp2seg.inference.writers import case_dir, read_report
 
-def is_main_process() -> bool:
-    """False in the extra ranks Lightning launches (they neither write tables nor print)."""
-    import os
-
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+__all__ = ["lightning_predict_fn"]
 
 
 def lightning_predict_fn(out: Path, *, devices: int, strategy: str, accelerator: str, qc: bool,
@@ -29,13 +29,6 @@ def lightning_predict_fn(out: Path, *, devices: int, strategy: str, accelerator:
     """A ``predict_fn`` for :func:`~nxp2seg.inference.batch.run_batch` running on ``devices`` ranks."""
 
     def run(predictor: Any, cases: Sequence[Any]) -> list[dict[str, Any]]:
-        import pytorch_lightning as pl
-        import torch
-        from torch.utils.data import DataLoader
-
-        from nxp2seg.inference.batch import predict_one
-        from nxp2seg.inference.writers import case_dir, read_report
-
         class _CasePredictor(pl.LightningModule):
             def __init__(self) -> None:
                 super().__init__()

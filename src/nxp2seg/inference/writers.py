@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ __all__ = [
     "CASE_COLUMNS",
     "REGION_COLUMNS",
     "SUBJECT_COLUMNS",
+    "WARNING_SEPARATOR",
+    "add_warning",
     "case_dir",
+    "case_warnings",
     "failed_report",
     "finished",
     "label_colors",
@@ -44,13 +48,43 @@ __all__ = [
     "write_tables",
 ]
 
-CASE_COLUMNS = ["case_id", "subject_id", "station", "status", "error", "pattern",
+CASE_COLUMNS = ["case_id", "subject_id", "station", "status", "error", "warnings", "pattern",
                 *[f"p_{p}" for p in PATTERNS], "station_score", "asymmetry", "seconds",
                 "station_source", "station_score_continuous"]
 REGION_COLUMNS = ["case_id", "region", "edema_grade", "edema_grade_int", "fat_grade",
                   "fascial_edema_prob", "subcutaneous_edema_prob", "volume_ml", "edema_fraction",
                   "fat_grade_continuous", "fascial_edema", "subcutaneous_edema"]
 SUBJECT_COLUMNS = ["subject_id", "thigh_score", "calf_score", "total_score"]
+#: Joins a case's warning codes in the ``warnings`` column of ``cases.csv``.
+WARNING_SEPARATOR = ";"
+_WARNING_CODE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def add_warning(record: dict[str, Any], code: str, message: str) -> None:
+    """Record a warning on a case: ``code`` in ``record["warnings"]``, ``message`` under it.
+
+    ``record`` is a case's report (or the case row a report is built from):
+    ``warnings`` is its list of codes (each once, in the order raised; they
+    become the ``warnings`` column of ``cases.csv``, joined by
+    :data:`WARNING_SEPARATOR`) and ``warning_messages`` maps each code to the
+    sentence a person reads (the last one given for that code). A warning never
+    changes the case's status. Codes are lower-case snake case
+    (``input_unlike_training``, ``uneven_slice_spacing``); docs/prediction.md lists them.
+    """
+    if not _WARNING_CODE.match(code):
+        raise ValueError(f"warning code {code!r}: use lower-case letters, digits and '_'")
+    codes = record.setdefault("warnings", [])
+    if code not in codes:
+        codes.append(code)
+    record.setdefault("warning_messages", {})[code] = message
+
+
+def case_warnings(record: Mapping[str, Any]) -> str:
+    """The ``warnings`` cell of ``cases.csv`` for a report: its codes joined by ``;`` ("" if none)."""
+    codes = record.get("warnings") or []
+    if isinstance(codes, str):
+        return codes
+    return WARNING_SEPARATOR.join(str(c) for c in codes)
 
 
 def case_dir(out: Path, case_id: str) -> Path:
@@ -126,7 +160,7 @@ def finished(out: Path, case_id: str, needs: Iterable[str] = ("seg.nii.gz",)) ->
 def failed_report(case_id: str, subject_id: str, station: str | None, error: str,
                   seconds: float, inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {"case_id": case_id, "subject_id": subject_id, "station": station, "status": "failed",
-            "error": error, "seconds": seconds, "inputs": dict(inputs)}
+            "error": error, "warnings": [], "seconds": seconds, "inputs": dict(inputs)}
 
 
 # ---------------------------------------------------------------------------
@@ -278,6 +312,7 @@ def write_tables(out: Path, case_ids: Sequence[str], skipped: Iterable[str] = ()
                               "error": "no report.json: the run stopped before this case finished; rerun"})
             continue
         row = {k: rep.get(k) for k in CASE_COLUMNS if k in rep}
+        row["warnings"] = case_warnings(rep)
         row.update(rep.get("scores", {}))
         if cid in skipped and row.get("status") == "ok":
             row["status"] = "skipped"
