@@ -59,6 +59,7 @@ def _encode(cohort: Path, work: Path) -> None:
 
 def _score(pred_dir: Path, truth_of: dict[str, Path], schema, station_of: dict[str, str]) -> pd.DataFrame:
     from nxp2seg.inference.geometry import resample_to_grid
+    from nxp2seg.data.sides import label_sides, side_lut
     from nxp2seg.stats.segmentation import lr_swaps
 
     rows = []
@@ -73,7 +74,8 @@ def _score(pred_dir: Path, truth_of: dict[str, Path], schema, station_of: dict[s
             v = schema.labels[region]
             a, b = pred == v, truth == v
             row[region] = 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-        row["lr_swaps"] = int(sum(lr_swaps(pred, truth, schema.labels).values()))
+        sided = {schema.name_of(v): [v] for v in label_sides(schema)}
+        row["lr_swaps"] = int(sum(lr_swaps(pred, truth, side_lut(schema), sided).values()))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -28,9 +28,10 @@ def main() -> None:
     import monai.transforms as mt
 
     from nxp2seg.data.cohort import Cohort
-    from nxp2seg.data.transforms import lr_swap_lut, preprocess_transforms
+    from nxp2seg.data.pipelines import preprocess_transforms
     from nxp2seg.models.bundle import load_bundle
     from nxp2seg.models.segmenter import Segmenter
+    from nxp2seg.data.sides import label_sides, lr_swap_lut, orientation_lr_axis, side_lut
     from nxp2seg.stats.segmentation import lr_swaps
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +54,7 @@ def main() -> None:
         inference=dict(model_cfg.get("inference", {})),
         lr_permutation=[int(v) for v in lr_swap_lut(schema)],
         laterality_channel=len(prep.channels) if prep.laterality else None,
+        lr_axis=orientation_lr_axis(prep.orientation),
     ).eval()
     tf = mt.Compose(preprocess_transforms(prep, with_label=False))
     cohort = Cohort.open(args.cohort)
@@ -80,7 +82,8 @@ def main() -> None:
             v = schema.labels[name]
             a, b = pred == v, truth == v
             row[name] = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
-        row["lr_swaps"] = int(sum(lr_swaps(pred, truth, schema.labels).values()))
+        sided = {schema.name_of(v): [v] for v in label_sides(schema)}
+        row["lr_swaps"] = int(sum(lr_swaps(pred, truth, side_lut(schema), sided).values()))
         rows.append(row)
         print(cid, {k: round(v, 3) for k, v in row.items() if isinstance(v, float)})
     regions = list(schema.regions)

@@ -310,9 +310,9 @@ def test_lr_swap_count_by_hand():
     seg = Segmenter(
         net=nn.Identity(), loss=nn.Identity(), optimizer=torch.optim.SGD,
         region_labels={"a_right": [1], "a_left": [2], "bone": [3]},
+        side_lut=[0, 1, 2, 0],  # sides come from the schema (data.sides.side_lut), not from names
     )
     truth = torch.tensor([1, 1, 1, 2, 2, 3]).reshape(1, 1, 6, 1, 1)
     pred = torch.tensor([2, 2, 1, 2, 2, 3]).reshape(1, 1, 6, 1, 1)  # 2 of 3 right voxels called left
-    g, p = seg._regions_onehot(truth), seg._regions_onehot(pred)
-    assert seg._count_lr_swaps(p, g).tolist() == [[1.0]]
-    assert seg._count_lr_swaps(g, g).tolist() == [[0.0]]
+    assert seg._count_lr_swaps(pred, truth).tolist() == [[1.0]]
+    assert seg._count_lr_swaps(truth, truth).tolist() == [[0.0]]

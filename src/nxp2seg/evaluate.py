@@ -119,7 +119,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     from nxp2seg.evaluation.inputs import load_evaluation_set
     from nxp2seg.evaluation.report import case_overview, report_figures
-    from nxp2seg.evaluation.segmentation import STRUCTURES, evaluate_segmentation
+    from nxp2seg.data.schema import STRUCTURES
+    from nxp2seg.evaluation.segmentation import evaluate_segmentation
     from nxp2seg.evaluation.summary import build_summary, flat_figures
     from nxp2seg.evaluation.tables import build_tables
     from nxp2seg.io import atomic_write_text

@@ -25,6 +25,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis, side_lut
+
 __all__ = [
     "train",
     "main",
@@ -156,8 +158,6 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _lr_permutation(datamodule: Any) -> list[int] | None:
     """Output channel -> its right/left twin (identity for unsided labels); None if not mirrorable."""
-    from nxp2seg.data.transforms import lr_swap_lut
-
     try:
         lut = lr_swap_lut(datamodule.schema)
     except ValueError:
@@ -291,6 +291,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         spacing=list(prep.target_spacing),
         lr_permutation=_lr_permutation(datamodule),
         laterality_channel=len(prep.channels) if prep.laterality else None,
+        lr_axis=orientation_lr_axis(prep.orientation),
+        side_lut=[int(v) for v in side_lut(datamodule.schema)],
         **extra,
     )
 

@@ -40,6 +40,8 @@ __all__ = [
     "default_compartment_schema",
     "default_muscle_schema",
     "region_name",
+    "STRUCTURES",
+    "STRUCTURE_SIDES",
     "SchemaError",
 ]
 
@@ -251,9 +253,9 @@ def _compartment_labels() -> dict[str, int]:
             for comp in COMPARTMENTS[station]:
                 labels[region_name(station, comp, side)] = v
                 v += 1
-    labels["subcutaneous_right"] = 13
-    labels["subcutaneous_left"] = 14
-    labels["bone"] = 15
+    for name in STRUCTURES:  # 13, 14, 15
+        labels[name] = v
+        v += 1
     return labels
 
 
@@ -266,14 +268,21 @@ def _muscle_labels() -> dict[str, int]:
                 for m in MUSCLES[station][comp]:
                     labels[f"{m}_{side}"] = v
                     v += 1
-    labels["subcutaneous_right"] = v
-    labels["subcutaneous_left"] = v + 1
-    labels["bone"] = v + 2
+    for name in STRUCTURES:
+        labels[name] = v
+        v += 1
     return labels
 
 
 #: Non-graded structures present in both schemas, with their station-free names.
 STRUCTURES: tuple[str, ...] = ("subcutaneous_right", "subcutaneous_left", "bone")
+#: Kind and side of each non-graded structure (``None``: not sided); graded regions carry
+#: their side in :attr:`Region.side`. :mod:`nxp2seg.data.sides` reads both.
+STRUCTURE_SIDES: dict[str, tuple[str, str | None]] = {
+    "subcutaneous_right": ("subcutaneous", "right"),
+    "subcutaneous_left": ("subcutaneous", "left"),
+    "bone": ("bone", None),
+}
 
 
 @dataclass(frozen=True)

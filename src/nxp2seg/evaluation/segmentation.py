@@ -9,7 +9,7 @@ Both maps are first rolled up to the compartment schema
 prediction, the cohort's for the truth), so a muscle-level model is scored per
 compartment region like a compartment-level one. Per case and region:
 
-* **Dice** ``2|P∩T| / (|P|+|T|)``; a region absent from both maps is not
+* **Dice** ``2|P∩T| / (|P|+|T|)`` (:func:`nxp2seg.stats.segmentation.dice`); a region absent from both maps is not
   scored (NaN); absent from one only scores 0;
 * **HD95** in mm: the 95th percentile of the symmetric surface distances,
   as MONAI's ``compute_hausdorff_distance(percentile=95, spacing=voxel size)``
@@ -30,25 +30,19 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from nxp2seg.data.schema import LabelSchema, default_compartment_schema
+from nxp2seg.data.schema import STRUCTURES, LabelSchema, default_compartment_schema
+from nxp2seg.data.sides import side_lut
 from nxp2seg.evaluation.inputs import EvaluationSet
-from nxp2seg.stats.segmentation import lr_swaps
+from nxp2seg.stats.segmentation import dice, lr_swaps
 
-__all__ = ["SEGMENTATION_COLUMNS", "STRUCTURES", "case_segmentation", "dice", "evaluate_segmentation", "hd95"]
+__all__ = ["SEGMENTATION_COLUMNS", "case_segmentation", "evaluate_segmentation", "hd95"]
 
 SEGMENTATION_COLUMNS = ["case_id", "subject_id", "station", "region", "graded", "dice", "hd95_mm",
                         "truth_voxels", "pred_voxels", "lr_swap"]
 _COMPARTMENT = default_compartment_schema()
-#: Non-graded structures also scored (Dice, HD95), by their compartment-schema names.
-STRUCTURES = ("subcutaneous_right", "subcutaneous_left", "bone")
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN when both are empty."""
-    total = int(pred.sum()) + int(truth.sum())
-    if total == 0:
-        return math.nan
-    return 2.0 * int(np.logical_and(pred, truth).sum()) / total
+_SIDES = side_lut(_COMPARTMENT)
+# Non-graded structures are also scored (Dice, HD95): :data:`~nxp2seg.data.schema.STRUCTURES`,
+# by their compartment-schema names.
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -105,7 +99,8 @@ def case_segmentation(pred: np.ndarray, truth: np.ndarray, station: str,
     """
     labels = _COMPARTMENT.labels
     graded = _COMPARTMENT.region_names(station)
-    swaps = lr_swaps(pred, truth, labels, regions=graded)
+    regions = _COMPARTMENT.regions
+    swaps = lr_swaps(pred, truth, _SIDES, {n: regions[n].labels for n in graded})
     rows = []
     for name in (*graded, *STRUCTURES):
         p, t = pred == labels[name], truth == labels[name]

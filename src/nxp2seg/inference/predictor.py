@@ -246,7 +246,8 @@ class Predictor:
                  crop_to_body: bool | None = None):
         import monai.transforms as mt
 
-        from nxp2seg.data.transforms import lr_swap_lut, preprocess_transforms
+        from nxp2seg.data.pipelines import preprocess_transforms
+        from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis
         from nxp2seg.models.segmenter import Segmenter
 
         self.bundle = bundle
@@ -268,6 +269,7 @@ class Predictor:
             inference=inference,
             lr_permutation=[int(v) for v in lr_swap_lut(self.schema)],
             laterality_channel=len(self.prep.channels) if self.prep.laterality else None,
+            lr_axis=orientation_lr_axis(self.prep.orientation),
         ).to(self.device).eval()
         steps = preprocess_transforms(self.prep, with_label=False)
         # split after STIR is resampled onto the (reoriented) T1: that STIR is also the one

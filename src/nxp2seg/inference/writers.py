@@ -26,7 +26,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from nxp2seg.data.schema import PATTERNS, LabelSchema
+from nxp2seg.data.schema import PATTERNS, STRUCTURE_SIDES, LabelSchema
+from nxp2seg.data.sides import label_sides
 from nxp2seg.io import atomic_write_bytes, atomic_write_text, nifti_bytes, write_csv
 
 __all__ = [
@@ -174,15 +175,21 @@ _BASE_COLORS = {
 
 
 def label_colors(schema: LabelSchema) -> dict[int, tuple[int, int, int]]:
-    """A colour per label value: one hue per compartment, the left side darker."""
+    """A colour per label value: one hue per compartment (or structure), the left side darker.
+
+    Compartments and sides are read from the schema (regions, structures), not from names.
+    """
+    kind = {v: r.compartment for r in schema.regions.values() for v in r.labels}
+    kind.update({schema.labels[n]: k for n, (k, _) in STRUCTURE_SIDES.items() if n in schema.labels})
+    sides = label_sides(schema)
     cmap = {}
     rng = np.random.default_rng(0)
-    for name, value in schema.labels.items():
+    for value in schema.labels.values():
         if value == 0:
             continue
-        key = next((k for k in _BASE_COLORS if k in name), None)
-        base = np.array(_BASE_COLORS[key] if key else rng.integers(40, 230, 3), float)
-        if name.endswith("_left"):
+        key = kind.get(int(value))
+        base = np.array(_BASE_COLORS[key] if key in _BASE_COLORS else rng.integers(40, 230, 3), float)
+        if sides.get(int(value)) == "left":
             base = base * 0.65
         cmap[int(value)] = tuple(int(c) for c in base)
     return cmap

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from nxp2seg.argmax import channel_argmax
+from nxp2seg.stats.segmentation import dice
 
 __all__ = ["STRENGTHS", "calibrate_strength", "perturb_image", "region_dice"]
 
@@ -59,8 +60,6 @@ def perturb_image(image: torch.Tensor, strength: float, generator: torch.Generat
 
 def region_dice(labels: torch.Tensor, truth: torch.Tensor, values: Sequence[int]) -> dict[int, float]:
     """Dice per label value present in either ``(X, Y, Z)`` integer map (absent from both: left out)."""
-    from nxp2seg.evaluation.segmentation import dice
-
     p, t = labels.cpu().numpy(), truth.cpu().numpy()
     scores = {int(v): dice(p == v, t == v) for v in values}
     return {v: d for v, d in scores.items() if np.isfinite(d)}

@@ -22,12 +22,14 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from nxp2seg.argmax import channel_argmax
 from nxp2seg.config_utils import to_plain as _plain
+from nxp2seg.stats.segmentation import lr_swaps
 
 __all__ = ["Segmenter", "MASKED_LOGIT", "body_box", "mask_logits", "network_logits"]
 
@@ -124,11 +126,18 @@ class Segmenter(pl.LightningModule):
         hd_percentile: percentile of the Hausdorff distance (95), ``None`` skips it.
         deep_supervision_decay: weight ratio of successive deep-supervision heads.
         lr_permutation: for each output channel, the channel of its right/left twin
-            (``*_right`` <-> ``*_left``; others map to themselves). With
-            ``inference.flip_tta`` the volume is also predicted mirrored and the
-            two predictions averaged (channels swapped back with this permutation).
+            (:func:`nxp2seg.data.sides.lr_swap_lut`; unsided labels map to
+            themselves). With ``inference.flip_tta`` the volume is also predicted
+            mirrored and the two predictions averaged (channels swapped back with
+            this permutation).
         laterality_channel: input channel holding the laterality map (negated
             in the mirrored pass), ``None`` if there is none.
+        lr_axis: the spatial axis of the (reoriented) volumes that runs
+            left-right, :func:`nxp2seg.data.sides.orientation_lr_axis` of the
+            preprocessing's orientation (0 for ``RAS``); the mirrored pass flips it.
+        side_lut: side code of every label value (1 right, 2 left, 0 none;
+            :func:`nxp2seg.data.sides.side_lut`) for counting right/left swaps
+            (``lr_swaps``); ``None`` counts none.
     """
 
     #: ``__init__`` arguments kept out of the saved hyperparameters (modules, factories).
@@ -150,6 +159,8 @@ class Segmenter(pl.LightningModule):
         deep_supervision_decay: float = 0.5,
         lr_permutation: Sequence[int] | None = None,
         laterality_channel: int | None = None,
+        lr_axis: int = 0,
+        side_lut: Sequence[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=list(self._hparams_ignore), logger=False)
@@ -254,15 +265,17 @@ class Segmenter(pl.LightningModule):
     def _mirrored(self, window: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, perm) -> torch.Tensor:
         """Logits of the left-right mirrored volume, mapped back to the original patient.
 
-        Volumes are in the canonical (RAS) orientation, so spatial axis 0 runs left-right.
-        The mirror of a patient is a patient whose right leg is the former left one:
-        the laterality channel is negated and the right/left output channels swapped.
+        The flipped axis is ``lr_axis`` (the left-right axis of the preprocessing's
+        orientation). The mirror of a patient is a patient whose right leg is the
+        former left one: the laterality channel is negated and the right/left
+        output channels swapped.
         """
-        flipped = torch.flip(image, dims=(2,))
+        dims = (2 + int(self.hparams.get("lr_axis", 0)),)
+        flipped = torch.flip(image, dims=dims)
         lat = self.hparams.get("laterality_channel")
         if lat is not None and flipped.shape[1] > int(lat):
             flipped[:, int(lat)] = -flipped[:, int(lat)]
-        out = torch.flip(window(flipped), dims=(2,))
+        out = torch.flip(window(flipped), dims=dims)
         index = torch.as_tensor(list(perm), device=out.device, dtype=torch.long)
         return out.index_select(1, index)
 
@@ -339,7 +352,7 @@ class Segmenter(pl.LightningModule):
                 include_background=True, reduction="mean_batch", ignore_empty=True
             )
         self._scores["dice"].append(self._dice_metric(p, g).detach().cpu())
-        self._scores["swaps"].append(self._count_lr_swaps(p, g).cpu())
+        self._scores["swaps"].append(self._count_lr_swaps(pred, label))
         if self.hparams.hd_percentile is not None:
             spacing = [float(s) for s in self.hparams.spacing]
             with warnings.catch_warnings():
@@ -358,21 +371,23 @@ class Segmenter(pl.LightningModule):
                 torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd).cpu()
             )
 
-    def _count_lr_swaps(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Per case, the number of true sided regions mostly predicted as the other side.
+    def _count_lr_swaps(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """``(B, 1)``: per case, the true sided regions mostly predicted as the other side.
 
-        ``p``, ``g``: ``(B, R, X, Y, Z)`` region one-hots. A region ``*_right`` is
-        swapped when more than half of its true voxels carry a ``*_left`` region
-        (and the reverse); see :func:`nxp2seg.stats.segmentation.lr_swaps`.
+        ``pred``, ``label``: ``(B, 1, X, Y, Z)`` label values. The rule is
+        :func:`nxp2seg.stats.segmentation.lr_swaps` (``evaluate``'s), with the
+        sides of ``side_lut``; without one nothing is counted.
         """
-        names = list(self.region_labels)
-        side = torch.tensor([1 if n.endswith("_right") else 2 if n.endswith("_left") else 0 for n in names])
-        opposite = (side[:, None] > 0) & (side[None, :] == (3 - side)[:, None])  # (R_true, R_pred)
-        overlap = torch.einsum("brxyz,boxyz->bro", g, p)  # true region r predicted as region o
-        other = (overlap * opposite.to(overlap)).sum(-1)
-        size = g.sum(dim=(2, 3, 4))
-        swapped = (other > 0.5 * size) & (size > 0) & (side > 0).to(size.device)
-        return swapped.sum(dim=1, keepdim=True).float()
+        sides = self.hparams.get("side_lut")
+        counts = torch.zeros(pred.shape[0], 1)
+        if sides is None:
+            return counts
+        lut = np.asarray(sides, dtype=np.int8)
+        p = pred[:, 0].detach().cpu().numpy().astype(np.intp)
+        t = label[:, 0].detach().cpu().numpy().astype(np.intp)
+        for b in range(pred.shape[0]):
+            counts[b, 0] = sum(lr_swaps(p[b], t[b], lut, self.region_labels).values())
+        return counts
 
     def _reset_scores(self) -> None:
         self._scores = {"dice": [], "hd": [], "swaps": []}
