@@ -241,7 +241,7 @@ def test_gpu_trainer_one_step(train_overrides):
 
 
 def test_split_by_subject_never_shares_a_subject():
-    from nxp2seg.data.datamodule import split_by_subject
+    from nxp2seg.data.split import split_by_subject
 
     rows = []
     for s in range(20):

@@ -1,10 +1,13 @@
 """Lightning data module over a cohort in the dataset contract.
 
-* Which cohort: ``cohort=DIR``, or (``cohort=None``) the built-in phantom,
-  generated once into a cache folder by :meth:`CohortDataModule.prepare_data`.
+* Which cohort: ``cohort=DIR``, or (``cohort=None``) a cohort source such as
+  the built-in phantom (:class:`nxp2seg.phantom.cache.PhantomCohort`, wired
+  in by ``data=phantom``), generated once into a cache folder by
+  :meth:`CohortDataModule.prepare_data`.
 * Which cases: cases whose ``split`` is ``test`` are held out (their subjects
   entirely); the rest is split into train and validation **by subject**, never
-  by case, with a seed (or by ``split=val`` rows where ``cases.csv`` has them).
+  by case, with a seed (or by ``split=val`` rows where ``cases.csv`` has them):
+  :mod:`nxp2seg.data.split`.
   Cases without a label map are left out of segmentation-only training; with
   ``grading`` on, they stay in when the readers graded them (the grading head
   trains on them, the segmentation loss skips them).
@@ -23,7 +26,8 @@
   ``subcut_target`` ``(B, R)`` (rater means, NaN = not graded),
   ``pattern_target`` ``(B, 4)``, ``pattern_index`` ``(B,)``, and the station's
   slots: ``region_membership`` and ``subcut_membership`` ``(B, R, num_classes)``,
-  ``station_index`` ``(B,)``, ``lr_perm`` ``(B, R)`` (:mod:`nxp2seg.data.regions`).
+  ``station_index`` ``(B,)``, ``lr_perm`` ``(B, R)`` (:mod:`nxp2seg.data.targets`,
+  :mod:`nxp2seg.data.regions`).
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
+from monai.data import CacheDataset, DataLoader
 
 from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.cohort import Cohort
+from nxp2seg.data.pipelines import Augmentation, Sampling, eval_transforms, train_transforms
 from nxp2seg.data.preprocessing import (
     PlanOptions,
     Preprocessing,
@@ -49,119 +53,37 @@ from nxp2seg.data.preprocessing import (
     plan_canvas,
     plan_preprocessing,
 )
-from nxp2seg.data.regions import (
-    case_targets,
-    lr_permutation,
-    n_region_slots,
-    region_membership,
-    subcut_membership,
-)
+from nxp2seg.data.regions import n_region_slots
 from nxp2seg.data.schema import STATIONS, GradeScale, LabelSchema
+from nxp2seg.data.split import HOLDOUT_SPLITS, hidden_masks, split_by_subject
+from nxp2seg.data.targets import GradeTargets, is_graded
+from nxp2seg.data.verify import verify_cohort
 
-__all__ = [
-    "CohortDataModule",
-    "split_by_subject",
-    "phantom_cohort_dir",
-    "HOLDOUT_SPLITS",
-    "VAL_SPLITS",
-]
+__all__ = ["CohortDataModule", "CohortSource"]
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_SPLITS: tuple[str, ...] = ("test",)
-VAL_SPLITS: tuple[str, ...] = ("val", "validation")
 
+class CohortSource(Protocol):
+    """A cohort that is prepared on demand (e.g. :class:`nxp2seg.phantom.cache.PhantomCohort`)."""
 
-def split_by_subject(
-    cases: pd.DataFrame,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    holdout: Sequence[str] = HOLDOUT_SPLITS,
-) -> dict[str, list[str]]:
-    """Assign every case to ``train``, ``val`` or ``test``, keeping each subject in one split.
+    @property
+    def cohort_dir(self) -> Path: ...
 
-    Args:
-        cases: the ``cases.csv`` table (``case_id``, ``subject_id``, ``split`` optional).
-        val_fraction: share of the non-test subjects drawn for validation (at
-            least one subject when there are two or more).
-        seed: seed of the draw.
-        holdout: ``split`` values that mark test cases; a subject with any such
-            case is a test subject, all its cases held out.
+    def prepare(self) -> Path: ...
 
-    Returns:
-        ``{"train": [...], "val": [...], "test": [...]}`` case ids in table order.
-        When ``split`` names validation cases (``val``), their subjects form the
-        validation set and nothing is drawn.
-    """
-    split = (
-        cases["split"] if "split" in cases else pd.Series([None] * len(cases), index=cases.index)
-    )
-    split = (
-        split.astype(object)
-        .where(split.notna(), None)
-        .map(lambda s: None if s is None else str(s).strip().lower())
-    )
-    subjects = cases["subject_id"].astype(str)
-    test_subjects = set(subjects[split.isin([h.lower() for h in holdout])])
-    marked_val = set(subjects[split.isin(VAL_SPLITS)]) - test_subjects
-    rest = sorted(set(subjects) - test_subjects)
-    if marked_val:
-        val_subjects = marked_val
-    else:
-        n_val = 0
-        if len(rest) >= 2 and val_fraction > 0:
-            n_val = min(len(rest) - 1, max(1, int(round(val_fraction * len(rest)))))
-        order = np.random.default_rng(seed).permutation(len(rest))
-        val_subjects = {rest[i] for i in order[:n_val]}
-    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for cid, sid in zip(cases["case_id"].astype(str), subjects):
-        key = "test" if sid in test_subjects else "val" if sid in val_subjects else "train"
-        out[key].append(cid)
-    return out
-
-
-def phantom_cohort_dir(cache_dir: str | os.PathLike, preset: str, subjects: int, seed: int) -> Path:
-    """Folder of the cached phantom cohort, e.g. ``~/.cache/nxp2seg/phantom-small-n48-seed0``."""
-    return (
-        Path(os.path.expanduser(str(cache_dir)))
-        / f"phantom-{preset}-n{int(subjects)}-seed{int(seed)}"
-    )
-
-
-def _hidden_masks(
-    cases: pd.DataFrame, labelled_train: Sequence[str], fraction: float, seed: int
-) -> set[str]:
-    """Training cases whose masks ``mask_fraction`` hides: all cases of the subjects not drawn.
-
-    Draws ``ceil(fraction * n)`` (at least one) of the ``n`` subjects with a labelled
-    training case; the other subjects' cases are treated as unlabelled.
-    """
-    if fraction >= 1.0 or not labelled_train:
-        return set()
-    subject = dict(zip(cases["case_id"].astype(str), cases["subject_id"].astype(str)))
-    subjects = sorted({subject[c] for c in labelled_train})
-    n_keep = max(1, int(np.ceil(fraction * len(subjects) - 1e-9)))
-    order = np.random.default_rng(seed + 1).permutation(len(subjects))
-    keep = {subjects[i] for i in order[:n_keep]}
-    return {c for c in labelled_train if subject[c] not in keep}
-
-
-def _is_graded(targets: Mapping[str, Any]) -> bool:
-    """Whether any reader grade, flag or pattern exists among a case's targets."""
-    return any(
-        np.isfinite(np.asarray(v, dtype=float)).any()
-        for k, v in targets.items()
-        if k != "pattern_index"
-    )
+    def describe(self) -> dict[str, Any]: ...
 
 
 class CohortDataModule(pl.LightningDataModule):
     """Train/val/test data of one cohort for the segmenter.
 
     Args:
-        cohort: cohort folder; ``None`` uses the phantom described by ``phantom``.
-        phantom: ``{preset, subjects, seed, cache_dir}`` of the built-in phantom
-            cohort (used when ``cohort`` is ``None``).
+        cohort: cohort folder; ``None`` reads the cohort of ``phantom``.
+        phantom: a :class:`CohortSource` (``data=phantom`` instantiates
+            :class:`nxp2seg.phantom.cache.PhantomCohort` from the ``data.phantom``
+            block: preset, subjects, seed, cache_dir, overrides), used when
+            ``cohort`` is ``None``; :meth:`prepare_data` generates it if missing.
         split: ``{val_fraction, seed, holdout}``, see :func:`split_by_subject`; and
             ``mask_fraction`` (default 1): use the label maps of only this share of
             the training subjects (drawn with ``seed``), as if the others had none
@@ -180,7 +102,7 @@ class CohortDataModule(pl.LightningDataModule):
     def __init__(
         self,
         cohort: str | os.PathLike | None = None,
-        phantom: Mapping[str, Any] | None = None,
+        phantom: CohortSource | None = None,
         split: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | Preprocessing | None = None,
         sampling: Mapping[str, Any] | None = None,
@@ -189,23 +111,17 @@ class CohortDataModule(pl.LightningDataModule):
         grading: bool | None = None,
     ):
         super().__init__()
-        from nxp2seg.data.transforms import Augmentation, Sampling
-
-        self.phantom = dict(_plain(phantom) or {}) if cohort is None else None
-        if cohort is None and not self.phantom:
+        if cohort is None and (phantom is None or not hasattr(phantom, "prepare")):
             raise ValueError(
-                "give data.cohort=DIR (a cohort folder) or a data.phantom block (use data=phantom)"
+                "give data.cohort=DIR (a cohort folder) or a data.phantom cohort source (use data=phantom)"
             )
+        self.source: CohortSource | None = phantom if cohort is None else None
+        #: the phantom's settings (plain values), ``None`` for a cohort folder
+        self.phantom = self.source.describe() if self.source is not None else None
         if cohort is not None:
             self.cohort_dir = Path(os.path.expanduser(str(cohort)))
         else:
-            p = self.phantom
-            self.cohort_dir = phantom_cohort_dir(
-                p.get("cache_dir", "~/.cache/nxp2seg"),
-                p.get("preset", "small"),
-                p.get("subjects", 48),
-                p.get("seed", 0),
-            )
+            self.cohort_dir = Path(self.source.cohort_dir)
         self.split_cfg = {
             "val_fraction": 0.2,
             "seed": 0,
@@ -245,49 +161,22 @@ class CohortDataModule(pl.LightningDataModule):
         #: every case of each split before cases are left out (no mask, no grades)
         self.subject_splits: dict[str, list[str]] = {}
         self.excluded: dict[str, list[str]] = {}
-        self.targets: dict[str, dict[str, Any]] = {}
+        self._grade_targets: GradeTargets | None = None
         self.hidden_masks: set[str] = set()
         self._datasets: dict[str, Any] = {}
 
     # -- cohort ----------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Generate the phantom cohort into its cache folder if it is not there (rank 0 only)."""
-        if self.phantom is None or (self.cohort_dir / "dataset.json").exists():
-            return
-        from nxp2seg.phantom import generate_cohort
+        """Prepare the cohort source (generate the phantom into its cache folder) if it is missing.
 
-        p = self.phantom
-        out = self.cohort_dir
-        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(
-            f"nxp2seg: generating the phantom cohort ({p.get('preset', 'small')}, {p.get('subjects', 48)} subjects) in {out}"
-        )
-        try:
-            generate_cohort(
-                tmp,
-                subjects=int(p.get("subjects", 48)),
-                preset=str(p.get("preset", "small")),
-                seed=int(p.get("seed", 0)),
-                progress=True,
-                **dict(p.get("overrides") or {}),
-            )
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, out)  # atomic: a cohort folder is complete or absent
-        except OSError:
-            if not (out / "dataset.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        Lightning calls this on rank 0 only; a cohort folder needs nothing.
+        """
+        if self.source is not None:
+            self.source.prepare()
 
     def _open(self) -> Cohort:
         if self.cohort is None:
             if self.loader["verify"]:
-                from nxp2seg.data.verify import verify_cohort
-
                 verify_cohort(
                     self.cohort_dir, check_images=bool(self.loader["verify_images"])
                 ).raise_if_errors()
@@ -358,7 +247,7 @@ class CohortDataModule(pl.LightningDataModule):
             tuple(self.split_cfg["holdout"]),
         )
         self.subject_splits = {k: list(v) for k, v in self.splits.items()}
-        self.hidden_masks = _hidden_masks(
+        self.hidden_masks = hidden_masks(
             cases,
             [c for c in self.splits["train"] if cohort.has_label(c)],
             float(self.split_cfg["mask_fraction"]),
@@ -367,7 +256,7 @@ class CohortDataModule(pl.LightningDataModule):
         unlabelled = {c for c in cohort.case_ids if not self.has_mask(c)}
         if self.grading:
             self.grade_targets()
-            ungraded = {c for c in unlabelled if not _is_graded(self.targets[c])}
+            ungraded = {c for c in unlabelled if not is_graded(self.targets[c])}
             self.excluded = {"no_label_no_grades": sorted(ungraded)}
             drop = ungraded
         else:
@@ -414,16 +303,15 @@ class CohortDataModule(pl.LightningDataModule):
             self.preprocessing = prep
 
     def grade_targets(self) -> dict[str, dict[str, Any]]:
-        """The readers' targets of every case (:func:`~nxp2seg.data.regions.case_targets`), once."""
-        if not self.targets:
-            cohort = self._open()
-            cases = cohort.cases
-            stations = dict(zip(cases["case_id"].astype(str), cases["station"].astype(str)))
-            n_region_slots(self.schema)  # both stations must have the same slots
-            self.targets = case_targets(
-                cohort.grades, cohort.patterns, self.schema, self.grade_scale, stations
-            )
-        return self.targets
+        """The readers' targets of every case (:func:`~nxp2seg.grading.tables.case_targets`), once."""
+        if self._grade_targets is None:
+            self._grade_targets = GradeTargets(self._open())
+        return self._grade_targets.all()
+
+    @property
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """:meth:`grade_targets` (read on first use)."""
+        return self.grade_targets()
 
     def graded_cases(self, stage: str) -> list[str]:
         """Cases of split ``stage`` that the readers graded, with or without a mask (table order).
@@ -434,7 +322,7 @@ class CohortDataModule(pl.LightningDataModule):
         """
         self._plan()
         targets = self.grade_targets()
-        return [c for c in self.subject_splits.get(stage, []) if _is_graded(targets[c])]
+        return [c for c in self.subject_splits.get(stage, []) if is_graded(targets[c])]
 
     def grading_items(self, stage: str) -> list[dict[str, Any]]:
         """Whole-case items of :meth:`graded_cases` with their targets and region slots.
@@ -467,27 +355,14 @@ class CohortDataModule(pl.LightningDataModule):
             if (self.mode == "whole" or grading) and not self.has_mask(cid):
                 del item["label"]  # EnsureLabeld gives it an empty one and has_label 0
             if grading:
-                item.update(self._grading_item(cid, station))
+                self.grade_targets()
+                assert self._grade_targets is not None
+                item.update(self._grade_targets.item(cid, station, self.num_classes))
             items.append(item)
         return items
 
-    def _grading_item(self, case_id: str, station: str) -> dict[str, Any]:
-        """Targets and region slots of one case (see the module docstring)."""
-        t = self.grade_targets()[case_id]
-        return {
-            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in t.items()},
-            "region_membership": region_membership(self.schema, station, self.num_classes),
-            "subcut_membership": subcut_membership(self.schema, station, self.num_classes),
-            "station_index": STATIONS.index(station),
-            "lr_perm": lr_permutation(self.schema, station),
-        }
-
     def _dataset(self, stage: str) -> Any:
         if stage not in self._datasets:
-            from monai.data import CacheDataset
-
-            from nxp2seg.data.transforms import eval_transforms, train_transforms
-
             assert self.preprocessing is not None
             if stage == "train":
                 tf = train_transforms(
@@ -514,8 +389,6 @@ class CohortDataModule(pl.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> Any:
-        from monai.data import DataLoader
-
         workers = int(self.loader["num_workers"])
         return DataLoader(
             self._dataset(stage),

@@ -12,19 +12,17 @@ tables; nothing re-types the schema:
   region mask is ``probs`` summed over member labels;
 * :func:`subcut_membership` ``(R, C)``: the subcutaneous label of each slot's side;
 * :func:`lr_permutation` ``(R,)``: the slot of each region's other-side twin
-  (a left-right mirror permutes per-region targets with it);
-* :func:`case_targets`: the readers' grades of every case as slot vectors.
+  (a left-right mirror permutes per-region targets with it).
+
+The readers' grades of every case as slot vectors are
+:func:`nxp2seg.grading.tables.case_targets`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
-
 import numpy as np
-import pandas as pd
 
-from nxp2seg.data.schema import PATTERNS, STATIONS, GradeScale, LabelSchema
+from nxp2seg.data.schema import STATIONS, LabelSchema
 
 __all__ = [
     "GRADE_TARGET_KEYS",
@@ -33,7 +31,6 @@ __all__ = [
     "region_membership",
     "subcut_membership",
     "lr_permutation",
-    "case_targets",
 ]
 
 #: Item keys of the readers' targets (per-region vectors and the pattern).
@@ -102,79 +99,3 @@ def lr_permutation(schema: LabelSchema, station: str) -> np.ndarray:
         other = "left" if r.side == "right" else "right"
         perm[i] = where.get((r.compartment, other), i)
     return perm
-
-
-def case_targets(
-    grades: pd.DataFrame,
-    patterns: pd.DataFrame,
-    schema: LabelSchema,
-    scale: GradeScale,
-    stations: Mapping[str, str],
-    case_ids: Iterable[str] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """The readers' truth of each case as slot vectors (NaN = not graded: masked out of the loss).
-
-    Per case: ``edema_target``, ``fat_target``, ``fascial_target``,
-    ``subcut_target`` ``(R,)`` float32 rater means
-    (:func:`nxp2seg.grading.rater_mean_targets`; a flag's mean is the share of
-    raters who saw it); ``pattern_target`` ``(4,)`` float32, the share of raters
-    per pattern (:data:`~nxp2seg.data.schema.PATTERNS` order; NaN without a
-    rater) and ``pattern_index`` (the readers' majority pattern, ties broken by
-    :func:`nxp2seg.grading.pattern_targets`; ``-1`` without a rater).
-
-    Args:
-        grades, patterns: the cohort's ``grades.csv`` and ``patterns.csv``.
-        schema: the label schema (region slots per station).
-        scale: the cohort's edema grade scale.
-        stations: ``{case_id: station}``.
-        case_ids: cases to return (default: every case of ``stations``).
-    """
-    from nxp2seg.grading import pattern_targets, rater_mean_targets
-
-    ids = list(case_ids) if case_ids is not None else list(stations)
-    n_slots = {st: len(region_slots(schema, st)) for st in STATIONS}
-    out: dict[str, dict[str, Any]] = {}
-    for cid in ids:
-        r = n_slots[stations[cid]]
-        out[cid] = {
-            "edema_target": np.full(r, np.nan, np.float32),
-            "fat_target": np.full(r, np.nan, np.float32),
-            "fascial_target": np.full(r, np.nan, np.float32),
-            "subcut_target": np.full(r, np.nan, np.float32),
-            "pattern_target": np.full(len(PATTERNS), np.nan, np.float32),
-            "pattern_index": -1,
-        }
-    wanted = set(ids)
-    means = None
-    if grades is not None and len(grades):
-        g = grades[grades["case_id"].astype(str).isin(wanted)]
-        if len(g):
-            means = rater_mean_targets(g, scale)
-            slot_of = {
-                (st, name): i for st in STATIONS for i, name in enumerate(region_slots(schema, st))
-            }
-            columns = {
-                "edema_target": "edema_grade",
-                "fat_target": "fat_grade",
-                "fascial_target": "fascial_edema",
-                "subcut_target": "subcutaneous_edema",
-            }
-            for row in means.itertuples(index=False):
-                cid = str(row.case_id)
-                slot = slot_of.get((stations[cid], str(row.region)))
-                if slot is None:  # the verifier reports regions of the other station
-                    continue
-                for key, col in columns.items():
-                    out[cid][key][slot] = getattr(row, col)
-    if patterns is not None and len(patterns):
-        p = patterns[patterns["case_id"].astype(str).isin(wanted)]
-        if len(p) and p["pattern"].notna().any():
-            pt = pattern_targets(p, means, scale=scale if means is not None else None)
-            for row in pt.itertuples(index=False):
-                cid = str(row.case_id)
-                if row.n_raters > 0:
-                    out[cid]["pattern_target"] = np.asarray(
-                        [getattr(row, f"p_{q}") for q in PATTERNS], dtype=np.float32
-                    )
-                    out[cid]["pattern_index"] = PATTERNS.index(row.pattern)
-    return out

@@ -7,6 +7,8 @@ The same functions serve the model's grades (``predict``) and the readers'
   ``(case_id, region)``: rater means and their integer grades;
 * :func:`pattern_targets`: ``patterns.csv`` -> per case the soft pattern
   label (fraction of raters per pattern) and the majority;
+* :func:`case_targets`: the readers' truth of each case as per-region slot
+  vectors (the training targets of the grading head);
 * :func:`scores_table`: regional edema grades (long) -> per case the station
   score, asymmetry and rule pattern, and per subject the thigh, calf and total
   scores (DESIGN.md's ``subjects.csv``).
@@ -17,7 +19,8 @@ contract; blank cells (NaN) mean *not graded*.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +36,7 @@ from nxp2seg.grading.rules import (
 )
 
 __all__ = [
+    "case_targets",
     "scores_table",
     "rater_mean_targets",
     "pattern_targets",
@@ -354,3 +358,80 @@ def _subject_scores(table: pd.DataFrame) -> pd.DataFrame:
                         "calf_score": wide["calf"].to_numpy()})
     out["total_score"] = total_score(out["thigh_score"], out["calf_score"]).to_numpy()
     return out[SUBJECT_SCORE_COLUMNS]
+
+
+def case_targets(
+    grades: pd.DataFrame,
+    patterns: pd.DataFrame,
+    schema: LabelSchema,
+    scale: GradeScale,
+    stations: Mapping[str, str],
+    case_ids: Iterable[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The readers' truth of each case as slot vectors (NaN = not graded: masked out of the loss).
+
+    Slots are the station's graded regions in schema order
+    (:meth:`~nxp2seg.data.schema.LabelSchema.region_names`, as :mod:`nxp2seg.data.regions`).
+
+    Per case: ``edema_target``, ``fat_target``, ``fascial_target``,
+    ``subcut_target`` ``(R,)`` float32 rater means
+    (:func:`rater_mean_targets`; a flag's mean is the share of
+    raters who saw it); ``pattern_target`` ``(4,)`` float32, the share of raters
+    per pattern (:data:`~nxp2seg.data.schema.PATTERNS` order; NaN without a
+    rater) and ``pattern_index`` (the readers' majority pattern, ties broken by
+    :func:`pattern_targets`; ``-1`` without a rater).
+
+    Args:
+        grades, patterns: the cohort's ``grades.csv`` and ``patterns.csv``.
+        schema: the label schema (region slots per station).
+        scale: the cohort's edema grade scale.
+        stations: ``{case_id: station}``.
+        case_ids: cases to return (default: every case of ``stations``).
+    """
+    ids = list(case_ids) if case_ids is not None else list(stations)
+    n_slots = {st: len(schema.region_names(st)) for st in STATIONS}
+    out: dict[str, dict[str, Any]] = {}
+    for cid in ids:
+        r = n_slots[stations[cid]]
+        out[cid] = {
+            "edema_target": np.full(r, np.nan, np.float32),
+            "fat_target": np.full(r, np.nan, np.float32),
+            "fascial_target": np.full(r, np.nan, np.float32),
+            "subcut_target": np.full(r, np.nan, np.float32),
+            "pattern_target": np.full(len(PATTERNS), np.nan, np.float32),
+            "pattern_index": -1,
+        }
+    wanted = set(ids)
+    means = None
+    if grades is not None and len(grades):
+        g = grades[grades["case_id"].astype(str).isin(wanted)]
+        if len(g):
+            means = rater_mean_targets(g, scale)
+            slot_of = {
+                (st, name): i for st in STATIONS for i, name in enumerate(schema.region_names(st))
+            }
+            columns = {
+                "edema_target": "edema_grade",
+                "fat_target": "fat_grade",
+                "fascial_target": "fascial_edema",
+                "subcut_target": "subcutaneous_edema",
+            }
+            for row in means.itertuples(index=False):
+                cid = str(row.case_id)
+                slot = slot_of.get((stations[cid], str(row.region)))
+                if slot is None:  # the verifier reports regions of the other station
+                    continue
+                for key, col in columns.items():
+                    out[cid][key][slot] = getattr(row, col)
+    if patterns is not None and len(patterns):
+        p = patterns[patterns["case_id"].astype(str).isin(wanted)]
+        if len(p) and p["pattern"].notna().any():
+            pt = pattern_targets(p, means, scale=scale if means is not None else None)
+            for row in pt.itertuples(index=False):
+                cid = str(row.case_id)
+                if row.n_raters > 0:
+                    out[cid]["pattern_target"] = np.asarray(
+                        [getattr(row, f"p_{q}") for q in PATTERNS], dtype=np.float32
+                    )
+                    out[cid]["pattern_index"] = PATTERNS.index(row.pattern)
+    return out
