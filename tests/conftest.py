@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers (helpers_*.py) import by name
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "src" / "nxp2seg" / "configs"
 

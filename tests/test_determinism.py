@@ -1,4 +1,4 @@
-"""Same seed, same bytes: phantom files and predictions (weights: tests/test_train.py)."""
+"""Same bundle, same bytes: predictions (phantom files: tests/test_phantom.py; weights: tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ import pandas as pd
 def _digest(folder: Path, pattern: str = "*") -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob(pattern)) if p.is_file()}
-
-
-def test_same_seed_same_phantom_bytes(tmp_path):
-    from nxp2seg.phantom import generate_cohort
-
-    a = generate_cohort(tmp_path / "a", subjects=2, preset="tiny", seed=5)
-    b = generate_cohort(tmp_path / "b", subjects=2, preset="tiny", seed=5)
-    c = generate_cohort(tmp_path / "c", subjects=2, preset="tiny", seed=6)
-    da, db = _digest(a), _digest(b)
-    assert da == db and len(da) > 10
-    assert _digest(c, "*.nii.gz") != _digest(a, "*.nii.gz")
 
 
 def test_same_bundle_same_predictions(trained_bundle, synthetic_cohort, tmp_path):

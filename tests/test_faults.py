@@ -53,7 +53,6 @@ def test_training_killed_mid_epoch_and_resumed_ends_like_an_uninterrupted_run(sy
     assert last.exists() and not (tmp_path / "killed" / "bundle").exists()
     resumed, objects = train(compose_train([*_base(synthetic_cohort, tmp_path, "resumed"), f"ckpt_path={last}"]))
     assert objects["trainer"].global_step == total
-    print("FULL", full["val/dice_mean"], full["train/loss_epoch"], full["lr-AdamW"], "RESUMED", resumed["val/dice_mean"], resumed["train/loss_epoch"], resumed["lr-AdamW"])
     assert abs(resumed["val/dice_mean"] - full["val/dice_mean"]) < 0.03
     validation = json.loads((tmp_path / "resumed" / "bundle" / "validation.json").read_text())
     assert validation["val"]["dice_mean"] == pytest.approx(resumed["val/dice_mean"])

@@ -8,6 +8,10 @@ import sys
 
 import pytest
 
+# a benchmark more than a unit test (two subprocesses importing torch, counting page faults):
+# slow, out of the quick suite; scripts/benchmark_allocator.py measures the same on real steps
+pytestmark = pytest.mark.slow
+
 _PROBE = r"""
 import json, os, resource, sys
 import torch
