@@ -164,3 +164,45 @@ def test_no_module_reads_sides_from_label_name_suffixes():
             if _SUFFIX.search(line) and not line.lstrip().startswith("#"):
                 offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert not offenders, "side parsed from a label name:\n" + "\n".join(offenders)
+
+
+def test_predict_scores_a_case_by_the_grading_rules():
+    """predict's case row: integer grades, station score, asymmetry and fat grade as the rules give them."""
+    from nxp2seg.data.schema import FAT_SCALE, get_grade_scale
+    from nxp2seg.grading.rules import asymmetry, integer_grade, station_score
+    from nxp2seg.inference.inputs import CaseInput
+    from nxp2seg.inference.predictor import Predictor
+
+    schema, scale = default_compartment_schema(), get_grade_scale("beltrame6")
+    pred = Predictor.__new__(Predictor)  # the table rows need only the schema and scale
+    pred.schema, pred.scale = schema, scale
+    names = schema.region_names("thigh")
+    edema = np.array([2.4, 0.6, 4.5, 1.49, 0.2, 3.0], np.float32)
+    fat = np.array([0.49, 1.5, 3.7, 4.6, -0.2, 2.0], np.float32)
+    grades = {"edema": edema, "fat": fat, "fascial_prob": np.full(6, 0.7, np.float32),
+              "subcut_prob": np.full(6, 0.2, np.float32), "pattern_prob": np.array([0.1, 0.6, 0.2, 0.1])}
+    labels = np.zeros((4, 4, 4), np.int16)
+    case = CaseInput(case_id="c1", subject_id="s1", station="thigh", source="nifti", t1=None, stir=None)
+    rows, row = pred._tables(case, "thigh", "given", labels, np.zeros(labels.shape, bool), 0.001, grades)
+    ints = integer_grade(edema.astype(float), scale)
+    assert [r["edema_grade_int"] for r in rows] == [2, 1, 5, 1, 0, 3] == list(ints)  # halves round up
+    assert [r["fat_grade"] for r in rows] == list(FAT_SCALE.to_int(fat.astype(float))) == [0, 2, 4, 4, 0, 2]
+    assert row["station_score"] == station_score(ints) == 12
+    assert row["station_score_continuous"] == pytest.approx(float(edema.astype(float).sum()))
+    by_hand = asymmetry(ints, [schema.regions[n] for n in names])
+    assert row["asymmetry"] == by_hand["asymmetry"] == (2 + 1 + 5) - (1 + 0 + 3)
+    assert row["asymmetry_medial"] == 1 - 0 and "asymmetry_lateral" not in row
+    assert row["pattern"] == "patchy" and rows[0]["fascial_edema"] is True
+
+
+_HAND_SUM = re.compile(r"(ints|grades?|edema\w*)\.sum\(|np\.floor\([^)]*\+ 0\.5")
+
+
+def test_predict_does_not_re_derive_the_scores():
+    """No hand sum of grades, no re-typed rounding outside grading/ and the schema."""
+    offenders = []
+    for path in (SRC / "inference").rglob("*.py"):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _HAND_SUM.search(line):
+                offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

@@ -34,6 +34,7 @@ from nxp2seg.grading.tables import (
     pattern_targets,
     rater_mean_targets,
     scores_table,
+    subject_scores,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "max_total_score",
     "readers_flag",
     "scores_table",
+    "subject_scores",
     "case_targets",
     "rater_mean_targets",
     "pattern_targets",

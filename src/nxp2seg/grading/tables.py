@@ -38,6 +38,7 @@ from nxp2seg.grading.rules import (
 __all__ = [
     "case_targets",
     "scores_table",
+    "subject_scores",
     "rater_mean_targets",
     "pattern_targets",
     "CASE_SCORE_COLUMNS",
@@ -342,15 +343,30 @@ def scores_table(regions_df: pd.DataFrame, schema: LabelSchema, scale: GradeScal
         table.insert(1, "subject_id", table["case_id"].map(subject_of).to_numpy())
     cols = [c for c in CASE_SCORE_COLUMNS if c in table.columns or c.startswith("asymmetry_")]
     table = table.reindex(columns=cols)
-    return table, _subject_scores(table)
+    return table, subject_scores(table)
 
 
-def _subject_scores(table: pd.DataFrame) -> pd.DataFrame:
-    if "subject_id" not in table.columns:
+def subject_scores(case_table: pd.DataFrame, *, keep: str = "unique") -> pd.DataFrame:
+    """Thigh, calf and total score per subject from a case table (:data:`SUBJECT_SCORE_COLUMNS`).
+
+    Args:
+        case_table: ``subject_id``, ``station``, ``station_score`` per case
+            (:func:`scores_table`'s case table, or ``predict``'s ``cases.csv``).
+        keep: ``unique`` (a subject with two cases of one station is an error)
+            or ``first`` (the first such case counts: a batch table never fails).
+
+    Returns:
+        One row per subject in order of first appearance; :func:`total_score`
+        is NaN without both stations.
+    """
+    if "subject_id" not in case_table.columns:
         return pd.DataFrame(columns=SUBJECT_SCORE_COLUMNS)
-    known = table[table["subject_id"].notna()]
-    _unique(known, ["subject_id", "station"], "scores_table",
-            "A subject has at most one thigh and one calf case.")
+    known = case_table[case_table["subject_id"].notna()]
+    if keep == "unique":
+        _unique(known, ["subject_id", "station"], "scores_table",
+                "A subject has at most one thigh and one calf case.")
+    else:
+        known = known.drop_duplicates(["subject_id", "station"], keep="first")
     wide = (known.pivot(index="subject_id", columns="station", values="station_score")
             .reindex(index=pd.unique(known["subject_id"]), columns=list(STATIONS)))
     out = pd.DataFrame({"subject_id": wide.index,

@@ -68,6 +68,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from nxp2seg.data.images import MAX_AXIAL_TILT_DEG
 from nxp2seg.io import atomic_write_bytes, make_nifti
 
 __all__ = [
@@ -91,7 +92,6 @@ _SEG_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 _STIR_TEXT = re.compile(r"STIR|TIRM|INVERSION|(?<![A-Z])IR(?![A-Z])", re.IGNORECASE)
 _T1_TEXT = re.compile(r"(?<![A-Z0-9])T1(?![0-9])", re.IGNORECASE)
 _OTHER_TEXT = re.compile(r"(?<![A-Z0-9])(T2|PD)(?![0-9])|FLAIR", re.IGNORECASE)
-_MAX_AXIAL_TILT_DEG = 45.0
 #: What pydicom raises on a file that is not (intact) DICOM.
 _READ_ERRORS = (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, struct.error)
@@ -256,7 +256,7 @@ def check_series(info: SeriesInfo) -> None:
     _check_in_plane(headers, where)
     normal = _normal(headers[0])
     tilt = float(np.degrees(np.arccos(min(1.0, abs(normal[2])))))
-    if tilt > _MAX_AXIAL_TILT_DEG:
+    if tilt > MAX_AXIAL_TILT_DEG:
         plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
         raise DicomError(f"{where}: {plane} slices (slice normal {tilt:.0f} degrees from the patient's "
                          "superior axis); nxp2seg expects axial slices: choose the axial T1/STIR series")

@@ -30,41 +30,37 @@ Writing is :mod:`nxp2seg.inference.writers`' job; running a batch, the
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import monai.transforms as mt
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import torch
+from monai.data import MetaTensor
+from monai.data.image_reader import NibabelReader
+from monai.data.utils import correct_nifti_header_if_necessary
+from monai.utils import ImageMetaKey
 
-from nxp2seg.data.schema import PATTERNS, STATIONS
-from nxp2seg.grading.rules import asymmetry, integer_grade
+from nxp2seg.data.pipelines import preprocess_transforms
+from nxp2seg.data.schema import FAT_SCALE, PATTERNS, STATIONS
+from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis
+from nxp2seg.grading.rules import integer_grade
+from nxp2seg.grading.tables import scores_table
 from nxp2seg.inference.edema import edema_map
-from nxp2seg.inference.geometry import (
-    describe_geometry,
-    overlap_fraction,
-    probabilities_to_labels,
-    resample_to_grid,
-)
+from nxp2seg.inference.geometry import describe_geometry, probabilities_to_labels, resample_to_grid
 from nxp2seg.inference.inputs import CaseInput
-from nxp2seg.models.segmenter import mask_logits
+from nxp2seg.inference.loading import MAX_VOXELS, CaseError, image_data, load_case_images
+from nxp2seg.models.segmenter import Segmenter, mask_logits
 
 __all__ = ["MAX_VOXELS", "CaseError", "CasePrediction", "Predictor", "load_case_images"]
 
-#: Larger images are refused before their data are read (header shape only).
-MAX_VOXELS = 2048 * 2048 * 512
-#: A T1 whose slice axis points further than this from the patient's superior axis is not axial.
-MAX_AXIAL_TILT_DEG = 45.0
 #: A given station is questioned when the other station's mean foreground confidence is higher by this.
 STATION_CONFIDENCE_MARGIN = 0.02
-
-
-class CaseError(ValueError):
-    """This case cannot be predicted; the message says why and what to do."""
 
 
 @dataclass
@@ -87,111 +83,6 @@ class CasePrediction:
 
 
 # ---------------------------------------------------------------------------
-# loading and checking
-# ---------------------------------------------------------------------------
-
-
-def _load_nifti(path: Path, what: str, case_id: str) -> nib.Nifti1Image:
-    try:
-        img = nib.load(str(path))
-    except Exception as e:  # noqa: BLE001 - anything nibabel raises means the same to the user
-        raise CaseError(f"{case_id}: cannot read {what} {path} as NIfTI ({type(e).__name__}: {e}); "
-                        "re-export it as .nii.gz") from None
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        img = img.slicer[..., 0]
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise CaseError(f"{case_id}: {what} {path} has shape {shape}; nxp2seg needs one 3D volume "
-                        "(split 4D series, stack 2D slices into a volume)")
-    if min(shape) < 2:
-        raise CaseError(f"{case_id}: {what} {path} has shape {shape}: a single slice is not a volume")
-    if math.prod(shape) > MAX_VOXELS:
-        raise CaseError(f"{case_id}: {what} {path} has {math.prod(shape):,} voxels (shape {shape}), "
-                        f"more than nxp2seg accepts ({MAX_VOXELS:,}); check the header or crop it")
-    dtype = img.get_data_dtype()
-    if dtype.kind not in "iuf" or dtype.names is not None:  # complex, bool, 1-bit, RGB, ...
-        raise CaseError(f"{case_id}: {what} {path} has data type {dtype}; an MR magnitude image "
-                        "is integer or real")
-    return img
-
-
-def _data(img: nib.Nifti1Image, what: str, path: Any, case_id: str) -> np.ndarray:
-    try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt files
-        raise CaseError(f"{case_id}: cannot read the voxels of {what} {path} ({type(e).__name__}: {e}); "
-                        "the file is damaged: copy or export it again") from None
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise CaseError(f"{case_id}: {what} {path} has {bad} NaN/infinite voxels; fix the export")
-    if float(np.ptp(data)) == 0.0:
-        raise CaseError(f"{case_id}: {what} {path} is constant ({float(data.flat[0]):g} everywhere); "
-                        "it holds no image")
-    return data
-
-
-def _check_axial(img: nib.Nifti1Image, what: str, path: Path, case_id: str) -> None:
-    """Refuse an image whose slice axis (the axis of clearly largest spacing) is not superior-inferior.
-
-    Near-isotropic grids (largest spacing within 10% of the next) say nothing about
-    the acquisition plane and pass. DICOM series are checked by their slice normal.
-    """
-    a = np.asarray(img.affine, dtype=float)[:3, :3]
-    spacing = np.linalg.norm(a, axis=0)
-    order = np.argsort(spacing)
-    k = int(order[-1])
-    if not spacing[k] > 1.1 * spacing[order[-2]]:
-        return
-    tilt = float(np.degrees(np.arccos(min(1.0, abs(a[2, k]) / spacing[k]))))
-    if tilt > MAX_AXIAL_TILT_DEG:
-        plane = ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(a[:, k])))]
-        raise CaseError(f"{case_id}: {what} {path} is not an axial acquisition: its slice axis (array axis "
-                        f"{k}, {spacing[k]:.3g} mm) points {tilt:.0f} degrees from the patient's superior "
-                        f"axis ({plane} slices); nxp2seg expects axial T1 and STIR: export the axial series")
-
-
-def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, nib.Nifti1Image, dict]:
-    """T1 and STIR of a case as NIfTI images, checked; DICOM series are read and written to ``work_dir``.
-
-    Returns:
-        ``(t1, stir, sources)``; ``sources`` maps ``t1``/``stir`` to the NIfTI paths the
-        preprocessing reads (the input files, or converted copies in ``work_dir``).
-    """
-    if case.error:
-        raise CaseError(case.error)
-    sources: dict[str, Path] = {}
-    images = {}
-    for key in ("t1", "stir"):
-        series = getattr(case, f"{key}_series")
-        if series is not None:
-            from nxp2seg.inference.dicom import DicomError, check_series, read_series
-
-            try:
-                check_series(series)
-                img = read_series(series)
-            except DicomError as e:
-                raise CaseError(f"{case.case_id}: {key.upper()} series: {e}") from None
-            path = work_dir / f"{key}.nii.gz"
-            nib.save(img, str(path))
-            img = nib.load(str(path))
-        else:
-            path = Path(case.stir if key == "stir" else case.t1)
-            img = _load_nifti(path, key.upper(), case.case_id)
-            if key == "t1":
-                _check_axial(img, "T1", path, case.case_id)
-        sources[key] = path
-        images[key] = img
-    t1, stir = images["t1"], images["stir"]
-    frac = overlap_fraction(t1, stir)
-    if frac < 0.5:
-        raise CaseError(f"{case.case_id}: T1 ({sources['t1']}) and STIR ({sources['stir']}) overlap in "
-                        f"only {100 * frac:.0f}% of the T1's field of view; they are not the same "
-                        "station of the same exam (check the pairing and the affines)")
-    return t1, stir, sources
-
-
-# ---------------------------------------------------------------------------
 # the predictor
 # ---------------------------------------------------------------------------
 
@@ -199,18 +90,12 @@ def load_case_images(case: CaseInput, work_dir: Path) -> tuple[nib.Nifti1Image, 
 def _as_loaded(img: nib.Nifti1Image, data: np.ndarray, source: Any) -> Any:
     """What the bundle's ``LoadImaged`` (MONAI ``NibabelReader``, channel first) gives for ``img``,
     from the voxels ``data`` already read and checked (the file is not decompressed twice)."""
-    from monai.data import MetaTensor
-    from monai.data.image_reader import NibabelReader
-    from monai.data.utils import correct_nifti_header_if_necessary
-    from monai.transforms import EnsureChannelFirst
-    from monai.utils import ImageMetaKey
-
     reader = NibabelReader(dtype=np.float32)
     reader.filenames = (str(source),)  # what NibabelReader.read would have set
     in_memory = correct_nifti_header_if_necessary(nib.Nifti1Image(data, img.affine, img.header))
     array, meta = reader.get_data(in_memory)
     meta[ImageMetaKey.FILENAME_OR_OBJ] = str(source)
-    return EnsureChannelFirst()(MetaTensor.ensure_torch_and_prune_meta(array, meta))
+    return mt.EnsureChannelFirst()(MetaTensor.ensure_torch_and_prune_meta(array, meta))
 
 
 def _native_order(stir: Any, t1_img: nib.Nifti1Image) -> np.ndarray | None:
@@ -244,12 +129,6 @@ class Predictor:
     def __init__(self, bundle: Any, device: str | torch.device = "cpu", flip_tta: bool | None = None,
                  sw_batch_size: int | None = None, overlap: float | None = None, amp: bool = True,
                  crop_to_body: bool | None = None):
-        import monai.transforms as mt
-
-        from nxp2seg.data.pipelines import preprocess_transforms
-        from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis
-        from nxp2seg.models.segmenter import Segmenter
-
         self.bundle = bundle
         self.device = torch.device(device)
         self.prep = bundle.preprocessing
@@ -317,8 +196,8 @@ class Predictor:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="nxp2seg-") as tmp:
             t1_img, stir_img, sources = load_case_images(case, Path(tmp))
-            t1_native = _data(t1_img, "T1", sources["t1"], case.case_id)
-            stir_data = _data(stir_img, "STIR", sources["stir"], case.case_id)
+            t1_native = image_data(t1_img, "T1", sources["t1"], case.case_id)
+            stir_data = image_data(stir_img, "STIR", sources["stir"], case.case_id)
             t["load"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             try:
@@ -418,7 +297,7 @@ class Predictor:
                 f = float(grades["fat"][r])
                 row.update(
                     edema_grade=e, edema_grade_int=int(integer_grade(e, self.scale)),
-                    fat_grade=int(np.clip(np.floor(f + 0.5), 0, 4)), fat_grade_continuous=f,
+                    fat_grade=int(FAT_SCALE.to_int(f)), fat_grade_continuous=f,
                     fascial_edema_prob=float(grades["fascial_prob"][r]),
                     subcutaneous_edema_prob=float(grades["subcut_prob"][r]),
                     fascial_edema=bool(grades["fascial_prob"][r] >= 0.5),
@@ -434,15 +313,19 @@ class Predictor:
         }
         if grades is not None:
             prob = grades["pattern_prob"]
-            ints = np.array([row["edema_grade_int"] for row in rows], dtype=float)
-            cont = np.array([row["edema_grade"] for row in rows], dtype=float)
-            regs = [self.schema.regions[n] for n in names]
-            asym = asymmetry(ints, regs)
+            # the scores are the domain rules' (grading.tables.scores_table, as evaluate's):
+            # station score and asymmetry of the integer grades, and the continuous score
+            long = pd.DataFrame({"case_id": case.case_id, "region": names,
+                                 "edema_grade": [row["edema_grade"] for row in rows]})
+            ints, _ = scores_table(long, self.schema, self.scale, integer=True)
+            cont, _ = scores_table(long, self.schema, self.scale)
+            compartments = {f"asymmetry_{self.schema.regions[n].compartment}" for n in names}
             case_row.update(
                 pattern=PATTERNS[int(np.argmax(prob))],
                 **{f"p_{p}": float(prob[i]) for i, p in enumerate(PATTERNS)},
-                station_score=float(ints.sum()), station_score_continuous=float(cont.sum()),
-                asymmetry=float(asym["asymmetry"]),
-                **{k: float(v) for k, v in asym.items() if k != "asymmetry"},
+                station_score=float(ints.at[0, "station_score"]),
+                station_score_continuous=float(cont.at[0, "station_score"]),
+                asymmetry=float(ints.at[0, "asymmetry"]),
+                **{k: float(ints.at[0, k]) for k in ints.columns if k in compartments},
             )
         return rows, case_row

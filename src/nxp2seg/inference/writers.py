@@ -28,6 +28,7 @@ import pandas as pd
 
 from nxp2seg.data.schema import PATTERNS, STRUCTURE_SIDES, LabelSchema
 from nxp2seg.data.sides import label_sides
+from nxp2seg.grading.tables import subject_scores
 from nxp2seg.io import atomic_write_bytes, atomic_write_text, nifti_bytes, write_csv
 
 __all__ = [
@@ -309,8 +310,6 @@ def write_tables(out: Path, case_ids: Sequence[str], skipped: Iterable[str] = ()
     readable report is listed with ``status=failed`` and says so.
     """
     skipped = set(skipped)
-    from nxp2seg.grading.rules import total_score
-
     case_rows, region_rows = [], []
     for cid in case_ids:
         rep = read_report(case_dir(out, cid) / "report.json")
@@ -330,13 +329,11 @@ def write_tables(out: Path, case_ids: Sequence[str], skipped: Iterable[str] = ()
     regions = pd.DataFrame(region_rows).reindex(columns=REGION_COLUMNS)
     ok = cases[cases["status"].isin(["ok", "skipped"])]
     subjects = pd.DataFrame(columns=SUBJECT_COLUMNS)
-    if not ok.empty:
-        wide = ok.pivot_table(index="subject_id", columns="station", values="station_score",
-                              aggfunc="first").reindex(columns=["thigh", "calf"])
-        subjects = pd.DataFrame({"subject_id": wide.index.astype(str),
-                                 "thigh_score": wide["thigh"].to_numpy(dtype=float),
-                                 "calf_score": wide["calf"].to_numpy(dtype=float)})
-        subjects["total_score"] = total_score(subjects["thigh_score"], subjects["calf_score"]).to_numpy()
+    if not ok.empty:  # the domain rule (grading.tables.subject_scores), subjects in sorted order
+        scores = ok.assign(subject_id=ok["subject_id"].astype(str),
+                           station_score=ok["station_score"].astype(float))
+        subjects = (subject_scores(scores, keep="first").sort_values("subject_id", kind="stable")
+                    .reset_index(drop=True)[SUBJECT_COLUMNS])
     write_csv(cases, Path(out) / "cases.csv")
     write_csv(regions, Path(out) / "regions.csv")
     write_csv(subjects, Path(out) / "subjects.csv")

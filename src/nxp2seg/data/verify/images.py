@@ -1,14 +1,27 @@
 """Checks of the images: headers (dimensions, geometry), data (finite, not constant),
-STIR and T1 in the same space, label maps on the T1's grid with known values."""
+STIR and T1 in the same space, label maps on the T1's grid with known values.
+
+The image rules are :mod:`nxp2seg.data.images`' (``predict`` applies the same
+ones), under :data:`~nxp2seg.data.images.VERIFY_POLICY`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from nxp2seg.data.images import (
+    VERIFY_POLICY,
+    constant_value,
+    corners,
+    field_of_view_overlap,
+    geometry_codes,
+    is_real_dtype,
+    nonfinite_count,
+    spatial_shape,
+)
 from nxp2seg.data.verify.report import Collector, _names
 
 __all__ = ["check_case_images"]
@@ -22,18 +35,16 @@ def _load(ctx: Collector, cid: str, rel: str, role: str) -> tuple[Any, np.ndarra
     except Exception as e:  # noqa: BLE001 - not a NIfTI, bad header, permission...
         msg = f"{role} cannot be read as NIfTI ({type(e).__name__}: {e})"
         return ctx.add("image_unreadable", cid, rel, msg)
-    if len(shape) == 4 and shape[3] == 1:
+    volume, squeezed = spatial_shape(shape)
+    if squeezed:
         msg = f"{role} is 3D with a trailing singleton 4th dimension {shape}: read as 3D"
         ctx.add(
             "image_dims", cid, rel, msg, warning=True, fix="fine; re-save as 3D for other tools"
         )
-    elif len(shape) != 3:
+    elif volume is None:
         msg = f"{role} has {len(shape)} dimensions {shape}; a 3D volume is needed"
         return ctx.add("image_dims", cid, rel, msg)
-    hdr = img.header
-    codes = (int(hdr["sform_code"]), int(hdr["qform_code"])) if "sform_code" in hdr else (1, 1)
-    det = abs(np.linalg.det(affine[:3, :3])) if np.all(np.isfinite(affine)) else 0.0
-    geometry_ok = det > 1e-12 and codes != (0, 0)
+    geometry_ok, codes, det = geometry_codes(img.header, affine)
     if not geometry_ok:
         msg = f"{role} has no usable orientation (sform/qform codes {codes}, |det| {det:.3g})"
         ctx.add("image_geometry_invalid", cid, rel, msg)
@@ -42,17 +53,17 @@ def _load(ctx: Collector, cid: str, rel: str, role: str) -> tuple[Any, np.ndarra
     except Exception as e:  # noqa: BLE001 - truncated gzip, short file...
         msg = f"{role} data cannot be read: truncated or corrupt ({type(e).__name__}: {e})"
         return ctx.add("image_unreadable", cid, rel, msg)
-    if data.dtype.kind not in "biuf":
+    if not (is_real_dtype(data.dtype) or (role == "label" and data.dtype.kind == "b")):
         return ctx.add(
             "image_unreadable", cid, rel, f"{role} data type {data.dtype} is not real numbers"
         )
-    bad = int(data.size - np.count_nonzero(np.isfinite(data))) if data.dtype.kind == "f" else 0
+    bad = nonfinite_count(data)
+    constant = constant_value(data) if role != "label" and not bad else None
     if bad:
         ctx.add("image_nonfinite", cid, rel, f"{role} has {bad} NaN/inf voxels")
-    elif role != "label" and data.size and data.min() == data.max():
-        ctx.add(
-            "image_constant", cid, rel, f"{role} is constant ({data.flat[0]})", warning=True
-        )
+    elif constant is not None:
+        warning = not VERIFY_POLICY.constant_is_error
+        ctx.add("image_constant", cid, rel, f"{role} is constant ({constant})", warning=warning)
     return img, data, geometry_ok
 
 
@@ -68,7 +79,7 @@ def check_case_images(ctx: Collector, cid: str, images: dict[str, str], label: s
         _grid(ctx, cid, images.get("T1"), "T1"),
         _grid(ctx, cid, images.get("STIR"), "STIR"),
     )
-    if t1 is not None and stir is not None and not _overlap(t1, stir):
+    if t1 is not None and stir is not None and not _stir_overlap_ok(t1, stir):
         ctx.add("stir_no_overlap", cid, images["STIR"], "STIR and T1 do not overlap in space")
     lab = _load(ctx, cid, label, "label") if label else None
     if lab is None:
@@ -88,7 +99,7 @@ def _compare_grids(ctx: Collector, cid: str, rel: str, lab: Any, t1: Any) -> Non
         lab_mm, t1_mm = z_lab.round(4).tolist(), z_t1.round(4).tolist()
         msg = f"label spacing {lab_mm} mm differs from the T1's {t1_mm} mm"
         return ctx.add("label_spacing_mismatch", cid, rel, msg)
-    shift = float(np.max(np.linalg.norm((lab.affine - t1.affine) @ _corners(t1.shape), axis=0)))
+    shift = float(np.max(np.linalg.norm((lab.affine - t1.affine) @ corners(t1.shape), axis=0)))
     tol = max(ctx.tol_mm, ctx.tol_vox * float(z_t1.min()))
     if shift > tol:
         msg = (
@@ -122,22 +133,10 @@ def _check_label_values(ctx: Collector, cid: str, rel: str, data: np.ndarray) ->
     return None
 
 
-def _corners(shape: Sequence[int], pad: float = 0.0) -> np.ndarray:
-    """Homogeneous voxel coordinates of the 8 corners of a grid, ``(4, 8)``.
-
-    ``pad=0``: the corner voxel centres; ``pad=0.5``: the outer faces of the corner voxels.
-    """
-    ax = [(-pad, max(n - 1, 0) + pad) for n in shape[:3]]
-    return np.array([[i, j, k, 1.0] for i in ax[0] for j in ax[1] for k in ax[2]]).T
-
-
-def _overlap(a: Any, b: Any) -> bool:
-    """Do the world bounding boxes of two images intersect? (Never a false 'no'.)"""
-    (lo1, hi1), (lo2, hi2) = [
-        (w.min(axis=1), w.max(axis=1))
-        for w in ((img.affine @ _corners(img.shape, pad=0.5))[:3] for img in (a, b))
-    ]
-    return bool(np.all(lo1 <= hi2) and np.all(lo2 <= hi1))
+def _stir_overlap_ok(t1: Any, stir: Any) -> bool:
+    """Does the STIR cover enough of the T1's field of view (any overlap, for verify)?"""
+    fraction = field_of_view_overlap(t1.shape, t1.affine, stir.shape, stir.affine)
+    return VERIFY_POLICY.stir_overlap_ok(fraction)
 
 
 def _unique_ints(data: np.ndarray) -> list[int]:
