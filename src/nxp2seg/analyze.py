@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from nxp2seg.config_utils import load_cli_config
+
 __all__ = ["AnalysisError", "analyze", "join_tables", "load_config", "main"]
 
 log = logging.getLogger("nxp2seg.analyze")
@@ -50,17 +52,7 @@ class AnalysisError(ValueError):
 
 def load_config(overrides: list[str]) -> DictConfig:
     """``configs/analyze.yaml`` with ``key=value`` overrides (unknown keys are refused)."""
-    cfg = OmegaConf.load(CONFIG)
-    OmegaConf.set_struct(cfg, True)
-    OmegaConf.set_struct(cfg.types, False)  # types.COLUMN=KIND adds keys
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value, got {bad}; see --help")
-    try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except Exception as e:  # noqa: BLE001 - omegaconf's errors are clear but long
-        known = ", ".join(cfg.keys())
-        raise ValueError(f"{str(e).splitlines()[0]}; known options: {known}") from None
+    return load_cli_config(CONFIG, overrides, open_keys=("types",))
 
 
 # -- reading and joining ----------------------------------------------------------------------

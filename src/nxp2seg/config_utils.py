@@ -1,12 +1,15 @@
-"""Turning Hydra/OmegaConf config nodes into plain Python values."""
+"""Config helpers: plain values from Hydra/OmegaConf nodes, dataclass records, the commands' configs."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
-__all__ = ["to_plain", "dataclass_from_mapping"]
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["dataclass_from_mapping", "load_cli_config", "to_plain"]
 
 
 def to_plain(x: Any) -> Any:
@@ -15,13 +18,8 @@ def to_plain(x: Any) -> Any:
     Hydra passes config nodes to instantiated objects unless told otherwise;
     checkpoints and JSON want plain values (tensors are left as they are).
     """
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(x):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if OmegaConf.is_config(x):
+        return OmegaConf.to_container(x, resolve=True)
     if isinstance(x, Mapping):
         return {str(k): to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -42,3 +40,28 @@ def dataclass_from_mapping(cls: type, d: Mapping[str, Any] | None, where: str) -
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}")
     return cls(**d)
+
+
+def load_cli_config(
+    path: str | os.PathLike, overrides: Sequence[str], *, open_keys: Sequence[str] = ()
+) -> DictConfig:
+    """A command's config file (``predict``, ``evaluate``, ``analyze``) with ``key=value`` overrides.
+
+    Unknown keys are refused with the list of known ones; ``open_keys`` name
+    blocks that take new keys (``analyze``'s ``types.COLUMN=KIND``).
+
+    Raises:
+        ValueError: an argument that is not ``key=value``, or an unknown key.
+    """
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_struct(cfg, True)
+    for key in open_keys:
+        OmegaConf.set_struct(cfg[key], False)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"arguments must be key=value, got {bad}; see --help")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except Exception as e:  # noqa: BLE001 - omegaconf's errors are clear but long
+        known = ", ".join(cfg.keys())
+        raise ValueError(f"{str(e).splitlines()[0]}; known options: {known}") from None

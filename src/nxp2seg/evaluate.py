@@ -30,7 +30,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from nxp2seg.config_utils import load_cli_config
 
 if TYPE_CHECKING:
     from nxp2seg.evaluation.inputs import EvaluationSet
@@ -44,16 +46,7 @@ CONFIG = Path(__file__).parent / "configs" / "evaluate.yaml"
 
 def load_config(overrides: list[str]) -> DictConfig:
     """``configs/evaluate.yaml`` with ``key=value`` overrides (unknown keys are refused)."""
-    cfg = OmegaConf.load(CONFIG)
-    OmegaConf.set_struct(cfg, True)
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ValueError(f"arguments must be key=value, got {bad}; see --help")
-    try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except Exception as e:  # noqa: BLE001 - omegaconf's errors are clear but long
-        known = ", ".join(cfg.keys())
-        raise ValueError(f"{str(e).splitlines()[0]}; known options: {known}") from None
+    return load_cli_config(CONFIG, overrides)
 
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
