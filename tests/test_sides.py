@@ -15,6 +15,7 @@ from nxp2seg.data.sides import (
     label_sides,
     lr_swap_lut,
     orientation_lr_axis,
+    region_twins,
     side_lut,
 )
 from nxp2seg.evaluation.segmentation import case_segmentation
@@ -206,3 +207,18 @@ def test_predict_does_not_re_derive_the_scores():
             if _HAND_SUM.search(line):
                 offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_twins_of_a_schema_with_one_region_per_muscle():
+    """Several regions per compartment and side pair by their position among them."""
+    m = default_muscle_schema()
+    regions = {}
+    for r in m.regions.values():
+        for v in r.labels:
+            name = m.name_of(v)
+            regions[f"{r.station}_{name}"] = Region(f"{r.station}_{name}", r.station, r.compartment, r.side, (v,))
+    per_muscle = LabelSchema(labels=m.labels, regions=regions, level="muscle")
+    twins = region_twins(per_muscle)
+    assert twins["thigh_vastus_medialis_right"] == "thigh_vastus_medialis_left"
+    assert twins["calf_soleus_left"] == "calf_soleus_right"
+    assert (lr_swap_lut(per_muscle) == lr_swap_lut(m)).all()

@@ -77,30 +77,48 @@ def side_lut(schema: LabelSchema, size: int = 256) -> np.ndarray:
     return lut
 
 
+def region_twins(schema: LabelSchema) -> dict[str, str | None]:
+    """``{region: the same region of the other leg}`` (``None`` when the schema has no twin).
+
+    A region's twin has the same station and compartment, the other side, and
+    the same position among that side's regions of the compartment: the
+    compartment itself at compartment level, the same muscle when a
+    muscle-level schema grades one region per muscle (listed in the same
+    order on both sides, as the default schemas do).
+    """
+    key: dict[str, tuple[str, str, str, int]] = {}
+    seen: dict[tuple[str, str, str], int] = {}
+    for name, r in schema.regions.items():
+        k = seen.get((r.station, r.compartment, r.side), 0)
+        seen[(r.station, r.compartment, r.side)] = k + 1
+        key[name] = (r.station, r.compartment, r.side, k)
+    where = {k: n for n, k in key.items()}
+    return {n: where.get((st, comp, _other(side), k)) for n, (st, comp, side, k) in key.items()}
+
+
 def lr_swap_lut(schema: LabelSchema) -> np.ndarray:
     """Lookup table mapping every right label value to its left twin and back.
 
     Twins are read from the schema, not from names: a graded region's twin is
-    the region of the same station and compartment on the other side, and its
-    ``labels`` pair up in the order they are listed (the default schemas list
-    a compartment's muscles in the same order on both sides); a sided
-    structure's twin is the structure of the same kind on the other side
-    (:data:`~nxp2seg.data.schema.STRUCTURE_SIDES`). Other values (background,
-    bone, ...) map to themselves.
+    :func:`region_twins`', and their ``labels`` pair up in the order they are
+    listed (the default schemas list a compartment's muscles in the same order
+    on both sides); a sided structure's twin is the structure of the same kind
+    on the other side (:data:`~nxp2seg.data.schema.STRUCTURE_SIDES`). Other
+    values (background, bone, ...) map to themselves.
 
     Raises:
         ValueError: when a sided label has no twin (the schema cannot be mirrored).
     """
     lut = np.arange(schema.max_label + 1, dtype=np.int64)
     hint = "a left-right flip cannot keep sides correct: set data.augmentation.flip_lr_prob=0"
-    by_key = {(r.station, r.compartment, r.side): r for r in schema.regions.values()}
-    for region in schema.regions.values():
-        twin = by_key.get((region.station, region.compartment, _other(region.side)))
-        if twin is None:
-            raise ValueError(f"region {region.name!r} has no {_other(region.side)} twin; {hint}")
+    for name, twin_name in region_twins(schema).items():
+        region = schema.regions[name]
+        if twin_name is None:
+            raise ValueError(f"region {name!r} has no {_other(region.side)} twin; {hint}")
+        twin = schema.regions[twin_name]
         if len(twin.labels) != len(region.labels):
             raise ValueError(
-                f"regions {region.name!r} and {twin.name!r} list {len(region.labels)} and "
+                f"regions {name!r} and {twin_name!r} list {len(region.labels)} and "
                 f"{len(twin.labels)} labels; twins need one label for each; {hint}"
             )
         for a, b in zip(region.labels, twin.labels):
