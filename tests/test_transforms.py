@@ -231,3 +231,26 @@ def test_inference_outside_the_body_box_is_background():
     whole = Segmenter(net=Const(), loss=torch.nn.Identity(), optimizer=torch.optim.SGD, patch_size=(8, 8, 8),
                       inference={"flip_tta": False, "crop_to_body": False})
     assert (whole.infer(image).argmax(1) == 1).all()
+
+
+def test_one_body_mask_rule_for_normalisation_midline_and_window():
+    """The three body masks are one rule (data.intensity.body_mask) with named settings."""
+    from nxp2seg.data.intensity import MIDLINE_BODY, WINDOW_BODY, BodyMaskSettings, body_mask
+    from nxp2seg.models.segmenter import body_box
+
+    rng = np.random.default_rng(3)
+    t1 = torch.as_tensor(rng.uniform(0, 0.05, (24, 20, 6)).astype(np.float32))
+    t1[4:20, 5:15] += torch.as_tensor(rng.uniform(0.5, 1.0, (16, 10, 6)).astype(np.float32))
+    t1[10, 2, 3] = 0.2  # a faint voxel: body for the generous window, not for the midline
+    ref_q = lambda q: float(np.quantile(t1.numpy(), q))  # noqa: E731
+    by_hand = t1 > 0.1 * ref_q(0.99)
+    norm = NormalizeForeground(fraction=0.1, percentile=99.0)
+    assert torch.equal(norm.foreground(t1[None]), by_hand)
+    assert torch.equal(norm.foreground(t1[None]), body_mask(t1, BodyMaskSettings(0.1, None, 0.99)))
+    lo, hi = ref_q(0.02), ref_q(0.98)
+    assert torch.equal(body_mask(t1), t1 > lo + 0.3 * (hi - lo)) and MIDLINE_BODY.fraction == 0.3
+    window = body_mask(t1, WINDOW_BODY)
+    assert bool(window[10, 2, 3]) and not bool(body_mask(t1)[10, 2, 3])
+    box = body_box(t1[None, None], min_size=(1, 1, 1), margin=(0, 0, 0))
+    idx = torch.nonzero(window)
+    assert box == tuple(slice(int(idx[:, a].min()), int(idx[:, a].max()) + 1) for a in range(3))

@@ -29,6 +29,7 @@ from torch import nn
 
 from nxp2seg.argmax import channel_argmax
 from nxp2seg.config_utils import to_plain as _plain
+from nxp2seg.data.intensity import WINDOW_BODY, body_mask
 from nxp2seg.stats.segmentation import lr_swaps
 
 __all__ = ["Segmenter", "MASKED_LOGIT", "body_box", "mask_logits", "network_logits"]
@@ -68,10 +69,10 @@ def body_box(
 ) -> tuple[slice, slice, slice]:
     """The box around the body on the T1 channel, grown by ``margin`` and to at least ``min_size``.
 
-    The body is where the normalised T1 (channel 0) is above a tenth of the way
-    from its minimum (air) to its 99th percentile, over all cases of the batch
-    (the same rule as the preprocessing's body mask, in normalised units). The
-    box is grown symmetrically to ``min_size`` (the sliding window) where the
+    The body is :func:`nxp2seg.data.intensity.body_mask` of the normalised T1
+    (channel 0) with :data:`~nxp2seg.data.intensity.WINDOW_BODY`: above a tenth
+    of the way from its minimum (air) to its 99th percentile, over all cases of
+    the batch. The box is grown symmetrically to ``min_size`` (the sliding window) where the
     volume allows, so that no window needs padding. Everything outside is air.
 
     Args:
@@ -82,11 +83,7 @@ def body_box(
     Returns:
         Slices of the three spatial axes (the whole volume when no voxel is body).
     """
-    t1 = image[:, 0].float()
-    step = max(1, t1.numel() // 2_000_000)
-    flat = t1.flatten()[::step]
-    lo, hi = flat.min(), torch.quantile(flat, 0.99)
-    body = (t1 > lo + 0.1 * (hi - lo)).any(dim=0)
+    body = body_mask(image[:, 0], WINDOW_BODY).any(dim=0)
     shape = body.shape
     if not bool(body.any()):
         return tuple(slice(0, n) for n in shape)
