@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from monai.inferers import sliding_window_inference
+from monai.metrics import Cumulative, DiceMetric, compute_hausdorff_distance
 from torch import nn
 
 from nxp2seg.argmax import channel_argmax
@@ -32,7 +34,7 @@ from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.intensity import WINDOW_BODY, body_mask
 from nxp2seg.stats.segmentation import lr_swaps
 
-__all__ = ["Segmenter", "MASKED_LOGIT", "body_box", "mask_logits", "network_logits"]
+__all__ = ["MASKED_LOGIT", "SegmentationScores", "Segmenter", "body_box", "mask_logits", "network_logits"]
 
 #: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
 MASKED_LOGIT = -1.0e4
@@ -100,6 +102,22 @@ def body_box(
         a, b = max(0, a + shift), min(shape[axis], b + shift)
         out.append(slice(a, b))
     return tuple(out)
+
+
+class SegmentationScores(Cumulative):
+    """Per-case validation scores, gathered over DDP ranks by MONAI's :class:`Cumulative`.
+
+    Each :meth:`extend` adds a batch's ``dice`` and ``hd`` ``(B, R)`` (NaN: not
+    scored) and ``swaps`` ``(B, 1)``; :meth:`aggregate` returns the three
+    buffers of every rank's cases, on the CPU, or ``None`` before any case.
+    """
+
+    def aggregate(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        buffers = self.get_buffer()
+        if not buffers:
+            return None
+        dice, hd, swaps = (b.float().cpu() for b in buffers)
+        return dice, hd, swaps
 
 
 class Segmenter(pl.LightningModule):
@@ -181,8 +199,8 @@ class Segmenter(pl.LightningModule):
             **dict(_plain(inference) or {}),
         }
         self._region_lut: torch.Tensor | None = None
-        self._scores: dict[str, list[torch.Tensor]] = {"dice": [], "hd": [], "swaps": []}
-        self._dice_metric: Any = None
+        self._scores = SegmentationScores()
+        self._dice_metric = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
 
     # -- model ---------------------------------------------------------------------
     def forward(
@@ -230,8 +248,6 @@ class Segmenter(pl.LightningModule):
         self, image: torch.Tensor, allowed_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Sliding-window logits of whole volumes ``(B, 2, X, Y, Z) -> (B, C, X, Y, Z)``, station-masked."""
-        from monai.inferers import sliding_window_inference
-
         cfg = self.inference_cfg
 
         def window(x: torch.Tensor) -> torch.Tensor:
@@ -324,19 +340,14 @@ class Segmenter(pl.LightningModule):
     def _score_segmentation(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> None:
         """Accumulate Dice and HD of whole-volume ``logits`` ``(B, C, X, Y, Z)`` against
         ``batch["label"]`` (samples with ``has_label == 0`` are skipped)."""
-        from monai.metrics import DiceMetric, compute_hausdorff_distance
-
         label = batch["label"]
         has = batch.get("has_label")
         if has is not None:
             keep = torch.as_tensor(has).reshape(-1) > 0.5
             n_skip = int((~keep).sum())
-            if n_skip:  # NaN rows (ignored by the means) keep case counts equal across DDP ranks
-                empty = torch.full((n_skip, len(self.region_labels)), float("nan"))
-                self._scores["dice"].append(empty)
-                self._scores["swaps"].append(torch.full((n_skip, 1), float("nan")))
-                if self.hparams.hd_percentile is not None:
-                    self._scores["hd"].append(empty.clone())
+            if n_skip:  # NaN rows (ignored by the means): every DDP rank takes part in the gather
+                empty = torch.full((n_skip, len(self.region_labels)), float("nan"), device=logits.device)
+                self._scores.extend(empty, empty, torch.full((n_skip, 1), float("nan"), device=logits.device))
             if not bool(keep.any()):
                 return
             if n_skip:
@@ -344,12 +355,9 @@ class Segmenter(pl.LightningModule):
                 logits, label = logits[idx.to(logits.device)], label[idx.to(label.device)]
         pred = channel_argmax(logits, dim=1, keepdim=True)
         p, g = self._regions_onehot(pred), self._regions_onehot(label)
-        if self._dice_metric is None:
-            self._dice_metric = DiceMetric(
-                include_background=True, reduction="mean_batch", ignore_empty=True
-            )
-        self._scores["dice"].append(self._dice_metric(p, g).detach().cpu())
-        self._scores["swaps"].append(self._count_lr_swaps(pred, label))
+        dice = self._dice_metric(p, g).detach()
+        self._dice_metric.reset()
+        hd = torch.full_like(dice, float("nan"))
         if self.hparams.hd_percentile is not None:
             spacing = [float(s) for s in self.hparams.spacing]
             with warnings.catch_warnings():
@@ -362,11 +370,11 @@ class Segmenter(pl.LightningModule):
                     include_background=True,
                     percentile=float(self.hparams.hd_percentile),
                     spacing=spacing,
-                )
+                ).to(dice)
             diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(g.shape[2:], spacing)))
-            self._scores["hd"].append(
-                torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd).cpu()
-            )
+            hd = torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd)
+        swaps = self._count_lr_swaps(pred, label).to(dice)
+        self._scores.extend(dice, hd, swaps)
 
     def _count_lr_swaps(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """``(B, 1)``: per case, the true sided regions mostly predicted as the other side.
@@ -387,23 +395,19 @@ class Segmenter(pl.LightningModule):
         return counts
 
     def _reset_scores(self) -> None:
-        self._scores = {"dice": [], "hd": [], "swaps": []}
-        if self._dice_metric is not None:
-            self._dice_metric.reset()
-
-    def _gather(self, key: str) -> torch.Tensor | None:
-        if not self._scores[key]:
-            return None
-        local = torch.cat(self._scores[key])  # (cases, R)
-        if self._trainer is not None and self.trainer.world_size > 1:  # DDP: every rank's cases
-            local = self.all_gather(local.to(self.device)).reshape(-1, local.shape[1]).cpu()
-        return local
+        self._scores.reset()
+        self._dice_metric.reset()
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics: dict[str, float] = {}
         names = list(self.region_labels)
-        for key, prefix in (("dice", "dice"), ("hd", "hd95_mm")):
-            scores = self._gather(key)
+        buffers = self._scores.aggregate()  # every DDP rank's cases
+        if buffers is None:
+            self._reset_scores()
+            return
+        dice, hd, swaps = buffers
+        scored = (("dice", dice), ("hd95_mm", hd if self.hparams.hd_percentile is not None else None))
+        for prefix, scores in scored:
             if scores is None:
                 continue
             per_region = torch.nanmean(scores.float(), dim=0)
@@ -415,9 +419,7 @@ class Segmenter(pl.LightningModule):
             vals = vals[~torch.isnan(vals)]
             if len(vals):
                 metrics[f"{stage}/{prefix}_mean"] = float(vals.mean())
-        swaps = self._gather("swaps")
-        if swaps is not None:
-            metrics[f"{stage}/lr_swaps"] = float(torch.nansum(swaps))
+        metrics[f"{stage}/lr_swaps"] = float(torch.nansum(swaps))
         if metrics:
             self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         self._reset_scores()
