@@ -395,3 +395,19 @@ def test_readers_flag_is_a_strict_majority():
     got = readers_flag([0.0, 0.5, 1.0, 2 / 3, 1 / 3, np.nan])
     assert np.array_equal(got[:5], [0.0, 0.0, 1.0, 1.0, 0.0]) and np.isnan(got[5])
     assert readers_flag(1.0) == 1.0 and isinstance(readers_flag(0.5), float)
+
+
+def test_extent4_cutoffs_are_data_of_the_scale():
+    """extent4's 30% / 75% cut-offs live in GradeScale; the phantom's extent4_grade reads them."""
+    from nxp2seg.data.schema import SchemaError, GradeScale, get_grade_scale
+    from nxp2seg.phantom.disease import extent4_grade
+
+    ext = get_grade_scale("extent4")
+    assert ext.fraction_cutoffs == (0.30, 0.75)
+    fractions = [0.0, 0.01, 0.2999, 0.30, 0.75, 0.7501, 1.0]
+    assert list(ext.grade_of_fraction(fractions)) == [0, 1, 1, 2, 2, 3, 3]
+    assert [extent4_grade(f) for f in fractions] == [0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="does not grade the affected fraction"):
+        get_grade_scale("beltrame6").grade_of_fraction(0.5)
+    with pytest.raises(SchemaError, match="fraction_cutoffs"):
+        GradeScale("x", ("a", "b", "c"), ("none", "focal", "global"), ("any",) * 3, (0.8, 0.2))

@@ -106,12 +106,17 @@ class GradeScale:
             the station pattern rule reads these.
         intensity: ``"none" | "mild" | "moderate"`` per grade, where the scale
             encodes signal intensity (``beltrame6``); ``"any"`` otherwise.
+        fraction_cutoffs: where the scale grades the affected share of the
+            region (``extent4``): the upper bounds of grades ``1..max_grade - 1``
+            as fractions (``(0.30, 0.75)``: <30% is 1, 30-75% is 2, >75% is 3);
+            :meth:`grade_of_fraction` reads them. ``None`` for scales that do not.
     """
 
     name: str
     levels: tuple[str, ...]
     extent: tuple[str, ...]
     intensity: tuple[str, ...]
+    fraction_cutoffs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.levels)
@@ -120,6 +125,11 @@ class GradeScale:
         bad = [e for e in self.extent if e not in EXTENT_CLASSES]
         if bad:
             raise SchemaError(f"grade scale {self.name!r}: unknown extent classes {bad}")
+        cuts = self.fraction_cutoffs
+        if cuts is not None and (len(cuts) != n - 2 or list(cuts) != sorted(cuts)
+                                 or not all(0 < c < 1 for c in cuts)):
+            raise SchemaError(f"grade scale {self.name!r}: fraction_cutoffs must be {n - 2} "
+                              f"increasing fractions in (0, 1), got {cuts}")
 
     @property
     def max_grade(self) -> int:
@@ -144,6 +154,24 @@ class GradeScale:
         if np.isnan(out).any():
             return out
         return out.astype(int)
+
+    def grade_of_fraction(self, fraction: Any) -> Any:
+        """The grade of an affected share of the region (``0..1``), on a scale with fraction cut-offs.
+
+        0 for no affected tissue; then grade ``k`` up to and including cut-off
+        ``k`` except the first (``extent4``: 0 < f < 0.30 is 1, 0.30 <= f <= 0.75
+        is 2, f > 0.75 is 3). Element-wise; an int for a scalar.
+
+        Raises:
+            ValueError: the scale does not grade fractions.
+        """
+        if self.fraction_cutoffs is None:
+            raise ValueError(f"grade scale {self.name!r} does not grade the affected fraction")
+        f = np.asarray(fraction, dtype=float)
+        cuts = np.asarray(self.fraction_cutoffs)
+        grade = 1 + (f >= cuts[0]).astype(int) + (f[..., None] > cuts[1:]).sum(-1)
+        out = np.where(f <= 0, 0, grade)
+        return int(out) if out.ndim == 0 else out
 
     def contains(self, grade: Any) -> np.ndarray:
         """Element-wise: is the value an integer grade of this scale (NaN = not graded = True)."""
@@ -171,6 +199,7 @@ GRADE_SCALES: dict[str, GradeScale] = {
         levels=("none", "<30% of the muscle", "31-75% of the muscle", ">75% of the muscle"),
         extent=("none", "focal", "segmented", "global"),
         intensity=("none", "any", "any", "any"),
+        fraction_cutoffs=(0.30, 0.75),
     ),
 }
 

@@ -184,10 +184,11 @@ class SubjectTruth:
 
 
 def extent4_grade(fraction: float) -> int:
-    """``extent4`` grade of an edema fraction: 0 none, 1 <30%, 2 30-75%, 3 >75%."""
-    if fraction <= 0:
-        return 0
-    return 1 if fraction < 0.30 else (2 if fraction <= 0.75 else 3)
+    """``extent4`` grade of an edema fraction: 0 none, 1 <30%, 2 30-75%, 3 >75%.
+
+    The cut-offs are the scale's (:meth:`~nxp2seg.data.schema.GradeScale.grade_of_fraction`).
+    """
+    return int(get_grade_scale("extent4").grade_of_fraction(fraction))
 
 
 # -- constants derived from a config (solved once per config) ---------------------------
