@@ -23,6 +23,10 @@ from nxp2seg.config_utils import load_cli_config
 
 __all__ = ["load_config", "main", "predict"]
 
+# Package imports of the heavy layers (torch, MONAI, Lightning) are inside the functions that use
+# them: `python -X importtime` / wall time on this 2-core machine (shared, load ~12):
+# import nxp2seg.predict 0.35 s; with inference, models and the bundle loader at module top 21 s, paid by every `--help` and
+# every refused argument.
 log = logging.getLogger("nxp2seg.predict")
 CONFIG = Path(__file__).parent / "configs" / "predict.yaml"
 

@@ -25,6 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from nxp2seg.config_utils import dataclass_from_mapping
 from nxp2seg.io import atomic_write_text
 
 __all__ = [
@@ -306,8 +307,6 @@ class PlanOptions:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> PlanOptions:
-        from nxp2seg.config_utils import dataclass_from_mapping
-
         return dataclass_from_mapping(cls, d, "data.preprocessing")
 
 
