@@ -314,11 +314,9 @@ class Predictor:
         if grades is not None:
             prob = grades["pattern_prob"]
             # the scores are the domain rules' (grading.tables.scores_table, as evaluate's):
-            # station score and asymmetry of the integer grades, and the continuous score
-            long = pd.DataFrame({"case_id": case.case_id, "region": names,
-                                 "edema_grade": [row["edema_grade"] for row in rows]})
-            ints, _ = scores_table(long, self.schema, self.scale, integer=True)
-            cont, _ = scores_table(long, self.schema, self.scale)
+            # station score and asymmetry of the reported integer grades, and the continuous score
+            ints, _ = scores_table(self._long(case, rows, "edema_grade_int"), self.schema, self.scale)
+            cont, _ = scores_table(self._long(case, rows, "edema_grade"), self.schema, self.scale)
             compartments = {f"asymmetry_{self.schema.regions[n].compartment}" for n in names}
             case_row.update(
                 pattern=PATTERNS[int(np.argmax(prob))],
@@ -329,3 +327,9 @@ class Predictor:
                 **{k: float(ints.at[0, k]) for k in ints.columns if k in compartments},
             )
         return rows, case_row
+
+    @staticmethod
+    def _long(case: CaseInput, rows: list[dict[str, Any]], column: str) -> pd.DataFrame:
+        """``regions.csv`` rows as :func:`~nxp2seg.grading.tables.scores_table` reads them."""
+        return pd.DataFrame({"case_id": case.case_id, "region": [r["region"] for r in rows],
+                             "edema_grade": [float(r[column]) for r in rows]})
