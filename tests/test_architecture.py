@@ -42,3 +42,23 @@ def test_modules_stay_under_500_lines():
              for p in SRC.rglob("*.py")}
     over = {m: n for m, n in sizes.items() if n > MAX_LINES and m not in OVER_THE_LIMIT}
     assert not over, f"modules over {MAX_LINES} lines (split them by job): {over}"
+
+
+def test_config_records_take_their_defaults_from_the_packaged_config():
+    """Defaults are written once, in configs/: the records read them (code and YAML cannot drift)."""
+    import ast
+    import inspect
+    from dataclasses import asdict
+
+    from nxp2seg.config_utils import packaged_defaults
+    from nxp2seg.data.pipelines import Augmentation, Sampling
+    from nxp2seg.data.preprocessing import PlanOptions
+
+    for cls, key in ((Augmentation, "augmentation"), (Sampling, "sampling"), (PlanOptions, "preprocessing")):
+        yaml = packaged_defaults("data/phantom.yaml", key)
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cls()).items()}
+        assert plain == yaml, cls.__name__
+        tree = ast.parse(inspect.getsource(cls))
+        literal = [n.target.id for n in ast.walk(tree)
+                   if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Constant)]
+        assert not literal, f"{cls.__name__}: defaults typed in code: {literal}"

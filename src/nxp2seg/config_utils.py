@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["dataclass_from_mapping", "load_cli_config", "to_plain"]
+__all__ = ["CONFIG_DIR", "dataclass_from_mapping", "load_cli_config", "packaged_defaults", "to_plain"]
+
+#: The packaged Hydra configs (``python -m nxp2seg.train``'s config path).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def to_plain(x: Any) -> Any:
@@ -65,3 +70,26 @@ def load_cli_config(
     except Exception as e:  # noqa: BLE001 - omegaconf's errors are clear but long
         known = ", ".join(cfg.keys())
         raise ValueError(f"{str(e).splitlines()[0]}; known options: {known}") from None
+
+
+@lru_cache(maxsize=None)
+def _packaged(path: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / path), resolve=False)
+
+
+def packaged_defaults(path: str, key: str) -> dict[str, Any]:
+    """The block ``key`` of the packaged config file ``configs/<path>`` as plain values.
+
+    The config files are the one place a default is written: the records that
+    read a config block (:class:`~nxp2seg.data.pipelines.Augmentation`,
+    :class:`~nxp2seg.data.preprocessing.PlanOptions`, the data module's split
+    and loader settings, ...) take their defaults from here, so code and YAML
+    cannot drift.
+
+    Raises:
+        KeyError: the file has no block ``key``.
+    """
+    block = _packaged(path).get(key)
+    if not isinstance(block, dict):
+        raise KeyError(f"configs/{path} has no block {key!r}")
+    return dict(block)

@@ -43,6 +43,7 @@ import numpy as np
 import pytorch_lightning as pl
 from monai.data import CacheDataset, DataLoader
 
+from nxp2seg.config_utils import packaged_defaults
 from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.cohort import Cohort
 from nxp2seg.data.pipelines import Augmentation, Sampling, eval_transforms, train_transforms
@@ -55,7 +56,7 @@ from nxp2seg.data.preprocessing import (
 )
 from nxp2seg.data.regions import n_region_slots
 from nxp2seg.data.schema import STATIONS, GradeScale, LabelSchema
-from nxp2seg.data.split import HOLDOUT_SPLITS, hidden_masks, split_by_subject
+from nxp2seg.data.split import hidden_masks, split_by_subject
 from nxp2seg.data.targets import GradeTargets, is_graded
 from nxp2seg.data.verify import verify_cohort
 
@@ -122,13 +123,7 @@ class CohortDataModule(pl.LightningDataModule):
             self.cohort_dir = Path(os.path.expanduser(str(cohort)))
         else:
             self.cohort_dir = Path(self.source.cohort_dir)
-        self.split_cfg = {
-            "val_fraction": 0.2,
-            "seed": 0,
-            "holdout": list(HOLDOUT_SPLITS),
-            "mask_fraction": 1.0,
-            **dict(_plain(split) or {}),
-        }
+        self.split_cfg = {**packaged_defaults("data/phantom.yaml", "split"), **dict(_plain(split) or {})}
         if not 0.0 < float(self.split_cfg["mask_fraction"]) <= 1.0:
             raise ValueError(
                 f"data.split.mask_fraction must be in (0, 1], got {self.split_cfg['mask_fraction']}"
@@ -145,16 +140,7 @@ class CohortDataModule(pl.LightningDataModule):
                 f"not {self.sampling.mode!r}"
             )
         self.augmentation = Augmentation.from_mapping(_plain(augmentation))
-        self.loader = {
-            "batch_size": 2,
-            "num_workers": 0,
-            "cache_rate": 1.0,
-            "cache_num_workers": 1,
-            "pin_memory": False,
-            "verify": True,
-            "verify_images": True,
-            **dict(_plain(loader) or {}),
-        }
+        self.loader = {**packaged_defaults("data/phantom.yaml", "loader"), **dict(_plain(loader) or {})}
         self.cohort: Cohort | None = None
         self.preprocessing: Preprocessing | None = None
         self.splits: dict[str, list[str]] = {}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from monai import transforms as mt
 
-from nxp2seg.config_utils import dataclass_from_mapping
+from nxp2seg.config_utils import dataclass_from_mapping, packaged_defaults
 from nxp2seg.data.intensity import NormalizeForegroundd
 from nxp2seg.data.laterality import AddLateralityd, RandFlipSwapLRd
 from nxp2seg.data.preprocessing import Preprocessing
@@ -61,6 +61,10 @@ _AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 # configuration records (config blocks data.augmentation and data.sampling)
 # ---------------------------------------------------------------------------
 
+# the defaults are written once, in the config (configs/data/phantom.yaml)
+_AUGMENTATION = packaged_defaults("data/phantom.yaml", "augmentation")
+_SAMPLING = packaged_defaults("data/phantom.yaml", "sampling")
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -78,18 +82,18 @@ class Augmentation:
         noise_prob, noise_std: additive Gaussian noise (normalised units).
     """
 
-    flip_lr_prob: float = 0.5
-    affine_prob: float = 0.3
-    rotate_deg: Sequence[float] = (2.0, 2.0, 15.0)
-    scale: float = 0.1
-    bias_field_prob: float = 0.2
-    bias_field_coeff: float = 0.1
-    scale_intensity_prob: float = 0.3
-    scale_intensity: float = 0.1
-    shift_intensity_prob: float = 0.3
-    shift_intensity: float = 0.1
-    noise_prob: float = 0.15
-    noise_std: float = 0.05
+    flip_lr_prob: float = _AUGMENTATION["flip_lr_prob"]
+    affine_prob: float = _AUGMENTATION["affine_prob"]
+    rotate_deg: Sequence[float] = tuple(_AUGMENTATION["rotate_deg"])
+    scale: float = _AUGMENTATION["scale"]
+    bias_field_prob: float = _AUGMENTATION["bias_field_prob"]
+    bias_field_coeff: float = _AUGMENTATION["bias_field_coeff"]
+    scale_intensity_prob: float = _AUGMENTATION["scale_intensity_prob"]
+    scale_intensity: float = _AUGMENTATION["scale_intensity"]
+    shift_intensity_prob: float = _AUGMENTATION["shift_intensity_prob"]
+    shift_intensity: float = _AUGMENTATION["shift_intensity"]
+    noise_prob: float = _AUGMENTATION["noise_prob"]
+    noise_std: float = _AUGMENTATION["noise_std"]
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> Augmentation:
@@ -120,10 +124,10 @@ class Sampling:
         pos, neg: ratio of patches centred on labelled tissue vs on background (patch mode).
     """
 
-    mode: str = "auto"
-    num_samples: int = 1
-    pos: float = 2.0
-    neg: float = 1.0
+    mode: str = _SAMPLING["mode"]
+    num_samples: int = _SAMPLING["num_samples"]
+    pos: float = _SAMPLING["pos"]
+    neg: float = _SAMPLING["neg"]
 
     def __post_init__(self) -> None:
         if self.mode not in SAMPLING_MODES:

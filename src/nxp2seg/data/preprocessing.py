@@ -25,7 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from nxp2seg.config_utils import dataclass_from_mapping
+from nxp2seg.config_utils import dataclass_from_mapping, packaged_defaults
 from nxp2seg.io import atomic_write_text
 
 __all__ = [
@@ -271,6 +271,14 @@ def fingerprint_cohort(
 # ---------------------------------------------------------------------------
 
 
+# the defaults are written once, in the config (configs/data/phantom.yaml)
+_PLAN = packaged_defaults("data/phantom.yaml", "preprocessing")
+
+
+def _seq(value: Any) -> tuple | None:
+    return None if value is None else tuple(value)
+
+
 @dataclass(frozen=True)
 class PlanOptions:
     """Knobs of :func:`plan_preprocessing` (the ``data.preprocessing`` config block).
@@ -291,19 +299,19 @@ class PlanOptions:
             copied into :class:`Preprocessing`.
     """
 
-    target_spacing: Sequence[float] | None = None
-    patch_size: Sequence[int] | None = None
-    max_patch_size: Sequence[int] = (128, 128, 32)
-    anisotropy_threshold: float = 3.0
-    thick_axis_percentile: float = 50.0
-    patch_divisor: Sequence[int] = (8, 8, 4)
-    canvas_size: Sequence[int] | None = None
-    orientation: str = "RAS"
-    laterality: bool = True
-    normalization: str = "zscore_foreground"
-    foreground_fraction: float = 0.1
-    foreground_percentile: float = 99.0
-    clip: float | None = 5.0
+    target_spacing: Sequence[float] | None = _seq(_PLAN["target_spacing"])
+    patch_size: Sequence[int] | None = _seq(_PLAN["patch_size"])
+    max_patch_size: Sequence[int] = _seq(_PLAN["max_patch_size"])
+    anisotropy_threshold: float = _PLAN["anisotropy_threshold"]
+    thick_axis_percentile: float = _PLAN["thick_axis_percentile"]
+    patch_divisor: Sequence[int] = _seq(_PLAN["patch_divisor"])
+    canvas_size: Sequence[int] | None = _seq(_PLAN["canvas_size"])
+    orientation: str = _PLAN["orientation"]
+    laterality: bool = _PLAN["laterality"]
+    normalization: str = _PLAN["normalization"]
+    foreground_fraction: float = _PLAN["foreground_fraction"]
+    foreground_percentile: float = _PLAN["foreground_percentile"]
+    clip: float | None = _PLAN["clip"]
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> PlanOptions:
