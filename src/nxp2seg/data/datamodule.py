@@ -55,7 +55,7 @@ from nxp2seg.data.preprocessing import (
     plan_preprocessing,
 )
 from nxp2seg.data.regions import n_region_slots
-from nxp2seg.data.schema import STATIONS, GradeScale, LabelSchema
+from nxp2seg.data.schema import STATIONS, STRUCTURES, GradeScale, LabelSchema
 from nxp2seg.data.split import hidden_masks, split_by_subject
 from nxp2seg.data.targets import GradeTargets, is_graded
 from nxp2seg.data.verify import verify_cohort
@@ -198,7 +198,7 @@ class CohortDataModule(pl.LightningDataModule):
         """Regions scored in validation: the graded regions, then subcutaneous tissue and bone."""
         schema = self.schema
         out = {name: list(r.labels) for name, r in schema.regions.items()}
-        for name in ("subcutaneous_right", "subcutaneous_left", "bone"):
+        for name in STRUCTURES:
             if name in schema.labels:
                 out[name] = [schema.labels[name]]
         return out
