@@ -102,6 +102,18 @@ def test_callback_options_instantiate(train_overrides, option):
     assert len(callbacks) == {"default": 5, "rich": 5, "none": 0}[option]  # best + last checkpoints, lr, bar, summary
 
 
+def test_model_net_is_a_subgroup(train_overrides):
+    """model=unet|dynunet differ only by their network (model/net) and its learning rate."""
+    from omegaconf import OmegaConf
+
+    unet = OmegaConf.to_container(compose_train([*train_overrides, "model=unet"]).model)
+    dyn = OmegaConf.to_container(compose_train([*train_overrides, "model=dynunet"]).model)
+    net_only = compose_train([*train_overrides, "model=unet", "model/net=dynunet"]).model
+    assert OmegaConf.to_container(net_only.net) == dyn["net"] != unet["net"]
+    assert dyn["optimizer"].pop("lr") == 0.003 and unet["optimizer"].pop("lr") == 0.01
+    assert {k: v for k, v in unet.items() if k != "net"} == {k: v for k, v in dyn.items() if k != "net"}
+
+
 @pytest.mark.parametrize(
     "option, module",
     [("csv", None), ("none", None), ("tensorboard", "tensorboard"), ("mlflow", "mlflow")],
