@@ -62,3 +62,11 @@ def test_config_records_take_their_defaults_from_the_packaged_config():
         literal = [n.target.id for n in ast.walk(tree)
                    if isinstance(n, ast.AnnAssign) and isinstance(n.value, ast.Constant)]
         assert not literal, f"{cls.__name__}: defaults typed in code: {literal}"
+
+
+def test_segmenter_inference_defaults_are_the_configs():
+    from nxp2seg.config_utils import packaged_defaults
+    from nxp2seg.models.segmenter import Segmenter
+
+    seg = Segmenter(net=None, loss=None, optimizer=None)
+    assert seg.inference_cfg == packaged_defaults("model/segmenter.yaml", "inference")

@@ -30,12 +30,15 @@ from monai.metrics import Cumulative, DiceMetric, compute_hausdorff_distance
 from torch import nn
 
 from nxp2seg.argmax import channel_argmax
+from nxp2seg.config_utils import packaged_defaults
 from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.intensity import WINDOW_BODY, body_mask
 from nxp2seg.stats.segmentation import lr_swaps
 
 __all__ = ["MASKED_LOGIT", "SegmentationScores", "Segmenter", "body_box", "mask_logits", "network_logits"]
 
+#: ``model.inference`` defaults, written once in configs/model/segmenter.yaml.
+_INFERENCE_DEFAULTS = packaged_defaults("model/segmenter.yaml", "inference")
 #: Logit given to labels a case's station cannot hold (finite: safe in fp16/bf16).
 MASKED_LOGIT = -1.0e4
 
@@ -136,8 +139,10 @@ class Segmenter(pl.LightningModule):
         patch_size: sliding-window size (voxels) = training patch size.
         spacing: voxel size in mm of the volumes the metrics see (for HD95 in mm).
         inference: ``{sw_batch_size, overlap, mode}`` of ``sliding_window_inference``;
-            ``crop_to_body`` (default true): slide only over the box around the
-            body (:func:`body_box`), air elsewhere.
+            ``crop_to_body``: slide only over the box around the body
+            (:func:`body_box`), air elsewhere; ``flip_tta``: see ``lr_permutation``.
+            Missing keys take the ``model.inference`` defaults of
+            ``configs/model/segmenter.yaml`` (flip TTA and the body box on).
         hd_percentile: percentile of the Hausdorff distance (95), ``None`` skips it.
         deep_supervision_decay: weight ratio of successive deep-supervision heads.
         lr_permutation: for each output channel, the channel of its right/left twin
@@ -192,12 +197,7 @@ class Segmenter(pl.LightningModule):
         self.mean_regions = (
             list(mean_regions) if mean_regions is not None else list(self.region_labels)
         )
-        self.inference_cfg = {
-            "sw_batch_size": 2,
-            "overlap": 0.25,
-            "mode": "gaussian",
-            **dict(_plain(inference) or {}),
-        }
+        self.inference_cfg = {**_INFERENCE_DEFAULTS, **dict(_plain(inference) or {})}
         self._region_lut: torch.Tensor | None = None
         self._scores = SegmentationScores()
         self._dice_metric = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
@@ -261,12 +261,12 @@ class Segmenter(pl.LightningModule):
             )
 
         box = (slice(None), slice(None))
-        if cfg.get("crop_to_body", True):
+        if cfg["crop_to_body"]:
             box = box + body_box(image, self.hparams.patch_size)
         crop = image[box]
         logits = window(crop)
         perm = self.hparams.get("lr_permutation")
-        if cfg.get("flip_tta") and perm is not None:
+        if cfg["flip_tta"] and perm is not None:
             logits = 0.5 * (logits + self._mirrored(window, crop, perm))
         if crop.shape != image.shape:  # outside the body box: certain background (label 0)
             full = logits.new_full((logits.shape[0], logits.shape[1], *image.shape[2:]), MASKED_LOGIT)
