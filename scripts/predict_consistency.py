@@ -38,8 +38,8 @@ def _reorient(img: nib.Nifti1Image, codes: str = "LPS") -> nib.Nifti1Image:
 
 def _encode(cohort: Path, work: Path) -> None:
     from nxp2seg.data.cohort import Cohort
-    from nxp2seg.inference.dicom import write_series
     from nxp2seg.io import save_nifti
+    from nxp2seg.phantom.dicom_export import write_series
 
     c = Cohort.open(cohort)
     for i, row in enumerate(c.cases.itertuples(index=False)):
@@ -53,18 +53,29 @@ def _encode(cohort: Path, work: Path) -> None:
                                                       (stir, "STIR AX", "IR", 160.0, 4000.0))):
             write_series(img, work / "dicom" / cid / desc.split()[0].lower(), series_description=desc,
                          series_number=k + 1, study_uid=study, frame_of_reference_uid=study + ".1",
-                         body_part="THIGH" if station == "thigh" else "LEG", scanning_sequence=seq,
+                         body_part="THIGH" if station == "thigh" else "LOWER LEG", scanning_sequence=seq,
                          inversion_time=ti, repetition_time=tr, uid_seed=f"{cid}-{desc}")
 
 
-def _score(pred_dir: Path, truth_of: dict[str, Path], schema, station_of: dict[str, str]) -> pd.DataFrame:
+def _dicom_case_ids(cohort: Path) -> dict[str, str]:
+    """Cohort case id -> the case id predict gives its DICOM study (S + digest of the study UID + station)."""
+    from nxp2seg.data.cohort import Cohort
+    from nxp2seg.inference.dicom_select import study_key
+
+    c = Cohort.open(cohort)
+    return {str(row.case_id): f"S{study_key(f'1.2.826.0.1.3680043.8.498.77{i:04d}')}_{row.station}"
+            for i, row in enumerate(c.cases.itertuples(index=False))}
+
+
+def _score(pred_dir: Path, truth_of: dict[str, Path], schema, station_of: dict[str, str],
+           out_id: dict[str, str]) -> pd.DataFrame:
     from nxp2seg.inference.geometry import resample_to_grid
     from nxp2seg.data.sides import label_sides, side_lut
     from nxp2seg.stats.segmentation import lr_swaps
 
     rows = []
     for cid, truth_path in truth_of.items():
-        seg_img = nib.load(pred_dir / cid / "seg.nii.gz")
+        seg_img = nib.load(pred_dir / out_id[cid] / "seg.nii.gz")
         truth_img = nib.load(truth_path)
         pred = np.asarray(seg_img.dataobj)
         truth = resample_to_grid(np.asarray(truth_img.dataobj), truth_img.affine, pred.shape,
@@ -101,18 +112,18 @@ def main() -> None:
         "nifti": (args.cohort, {c: cohort.label_path(c) for c in station_of}, {c: c for c in station_of}),
         "nifti_lps": (args.work / "lps", {c: args.work / "lps_labels" / f"{c}.nii.gz" for c in station_of},
                       {c: c for c in station_of}),
-        "dicom": (args.work / "dicom", {c: cohort.label_path(c) for c in station_of}, {c: c for c in station_of}),
+        "dicom": (args.work / "dicom", {c: cohort.label_path(c) for c in station_of}, _dicom_case_ids(args.cohort)),
     }
     result = {"cohort": str(args.cohort), "bundle": str(args.bundle), "n_cases": len(station_of)}
     means = {}
-    for name, (src, truth, _) in encodings.items():
+    for name, (src, truth, out_id) in encodings.items():
         out = args.work / f"pred_{name}"
         t0 = time.perf_counter()
         code = predict([f"model={args.bundle}", f"input={src}", f"output={out}", "progress=false"])
         seconds = time.perf_counter() - t0
         if code != 0:
             sys.exit(f"predict on {name} exited {code}")
-        table = _score(out, truth, schema, station_of)
+        table = _score(out, truth, schema, station_of, out_id)
         regions = [c for c in table.columns if c not in ("case_id", "lr_swaps")]
         per_region = {r: float(table[r].mean()) for r in regions}
         means[name] = float(np.mean(list(per_region.values())))

@@ -395,7 +395,7 @@ def test_predict_thigh_exam_declared_calf_is_graded_with_a_warning(manifest_batc
 
 def _series(img: nib.Nifti1Image, folder: Path, exam: str, role: str, number: int,
             description: str | None = None) -> list[Path]:
-    from nxp2seg.inference.dicom import write_series
+    from nxp2seg.phantom.dicom_export import write_series
 
     study = "1.2.826.0.1.3680043.8.498." + str(int(hashlib.sha256(exam.encode()).hexdigest()[:10], 16))
     seq = {"t1": {"scanning_sequence": "SE", "inversion_time": None, "repetition_time": 600.0},
@@ -405,14 +405,22 @@ def _series(img: nib.Nifti1Image, folder: Path, exam: str, role: str, number: in
                         body_part="THIGH", uid_seed=f"{exam}-{role}-{number}", **seq)
 
 
-DICOM_KINDS = [  # id (= case id: the study folder), substrings of the error
-    ("mixed_series", ["mixed_series: need exactly one T1 and one STIR series, found 2 T1 and 1 STIR",
-                      "T1 TSE AX REPEAT=t1", "list the series in a manifest"]),
-    ("missing_slice", ["missing_slice: T1 series:", "1 slice(s) missing", "between 0001_0003.dcm",
-                       "and 0001_0005.dcm",
-                       "re-export the complete series"]),
-    ("sagittal", ["sagittal: T1 series:", "sagittal slices", "nxp2seg expects axial slices",
-                  "choose the axial T1/STIR series"]),
+def _dicom_case_id(exam: str) -> str:
+    """The case id of ``_series``' study for ``exam``: S + digest of its StudyInstanceUID + station."""
+    from nxp2seg.inference.dicom_select import study_key
+
+    study = "1.2.826.0.1.3680043.8.498." + str(int(hashlib.sha256(exam.encode()).hexdigest()[:10], 16))
+    return f"S{study_key(study)}_thigh"
+
+
+DICOM_KINDS = [  # exam folder, status, substrings of the error (or of the warning)
+    ("mixed_series", "ok", [("2 T1 series for one station (SeriesNumber 1 'T1 TSE AX', SeriesNumber 3 "
+                             "'T1 TSE AX REPEAT'); used the latest complete one, SeriesNumber 3")]),
+    ("missing_slice", "failed", ["T1 series: t1: series 1 'T1 TSE AX': 1 slice(s) missing",
+                                 "between 0001_0003.dcm", "and 0001_0005.dcm", "re-export the complete series"]),
+    ("sagittal", "failed", ["no T1 series for the thigh station of this study among [",
+                            ("SeriesNumber 1 'T1 TSE SAG', sagittal, no TI, 6 slices, folder t1: T1, not used: "
+                             "sagittal slices (nxp2seg reads axial T1 and STIR)"), "choose the series in a manifest (case_id,t1,stir,t1_series,stir_series"]),
 ]
 
 
@@ -442,16 +450,29 @@ def dicom_batch(tmp_path_factory, trained_bundle) -> dict:
             "cases": pd.read_csv(out / "cases.csv", keep_default_na=False).set_index("case_id")}
 
 
-@pytest.mark.parametrize("cid, needles", [pytest.param(*k, id=k[0]) for k in DICOM_KINDS])
-def test_predict_dicom_bad_study_fails_alone(dicom_batch, cid, needles):
+@pytest.mark.parametrize("exam, status, needles", [pytest.param(*k, id=k[0]) for k in DICOM_KINDS])
+def test_predict_dicom_bad_study_fails_alone(dicom_batch, exam, status, needles):
     b = dicom_batch
     assert b["code"] == 1, b["stderr"][-3000:]
-    row = b["cases"].loc[cid]
-    assert row["status"] == "failed"
+    row = b["cases"].loc[_dicom_case_id(exam)]
+    assert row["status"] == status
+    text = row["error"] if status == "failed" else json.dumps(
+        json.loads((b["out"] / row.name / "report.json").read_text())["warning_messages"])
     for needle in needles:
-        assert needle in row["error"], (needle, row["error"])
-    assert b["cases"].loc["good", "status"] == "ok" and (b["out"] / "good" / "seg.dcm").is_file()
+        assert needle in text, (needle, text)
+    assert str(b["src"]) not in text and f"{exam}/" not in text  # no folder above the exam in an output
+    good = _dicom_case_id("good")
+    assert b["cases"].loc[good, "status"] == "ok" and (b["out"] / good / "seg.dcm").is_file()
     assert b["after"] == b["before"] and _sentinel_intact(b["out"])
+
+
+def test_predict_dicom_repeat_is_resolved_with_a_warning(dicom_batch):
+    row = dicom_batch["cases"].loc[_dicom_case_id("mixed_series")]
+    assert row["status"] == "ok" and row["warnings"] == "series_repeated"
+    report = json.loads((dicom_batch["out"] / row.name / "report.json").read_text())
+    assert report["inputs"]["t1"].startswith("SeriesNumber 3 'T1 TSE AX REPEAT', axial")
+    unused = report["inputs"]["unused"]
+    assert [u["reason"] for u in unused] == ["an earlier repeat of SeriesNumber 3"]
 
 
 # ---------------------------------------------------------------------------

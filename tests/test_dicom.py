@@ -11,18 +11,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from nxp2seg.inference.dicom import (
-    DicomError,
+from nxp2seg.inference.dicom_headers import DicomError, acquisition_of
+from nxp2seg.inference.dicom_roles import classify
+from nxp2seg.inference.dicom_seg import EmptySegmentation, write_dicom_seg
+from nxp2seg.inference.dicom_series import (
     SeriesInfo,
     check_series,
-    classify_series,
     find_series,
     geometry,
     read_series,
-    write_dicom_seg,
-    write_series,
 )
 from nxp2seg.io import make_nifti, save_nifti
+from nxp2seg.phantom.dicom_export import write_series
 
 SHAPE = (24, 20, 6)
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -185,7 +185,7 @@ def test_geometry_has_no_uids_or_patient_attributes(tmp_path):
     ],
 )
 def test_classify_series(attrs, role):
-    assert classify_series(_header(**attrs)) == role
+    assert classify(acquisition_of(_header(**attrs)))[0] == role
 
 
 def test_two_series_in_one_folder_found_and_classified(tmp_path):
@@ -197,7 +197,7 @@ def test_two_series_in_one_folder_found_and_classified(tmp_path):
     assert [s.role for s in series] == ["t1", "stir"]
     assert series[0].files == tuple(t1) and series[1].files == tuple(stir)
     assert {s.study_uid for s in series} == {STUDY} and {s.folder for s in series} == {tmp_path}
-    assert classify_series(series[1]) == "stir"
+    assert series[1].role_reason == "inversion recovery, TI 170 ms"
 
 
 def test_non_dicom_files_are_ignored(tmp_path):
@@ -258,19 +258,24 @@ def test_single_slice_is_refused(tmp_path):
         check_series(_one(tmp_path))
 
 
-def test_mixed_orientation_is_refused(tmp_path):
+def test_one_series_of_two_orientations_is_two_stacks(tmp_path):
     # one series uid (same seed, number and description), two different stacks
     _write(_image(AFFINES["lps"]), tmp_path / "a", uid_seed="same")
     _write(_image(AFFINES["oblique"]), tmp_path / "b", uid_seed="same")
-    info = _one(tmp_path)
-    assert info.n_slices == 2 * SHAPE[2]
-    with pytest.raises(DicomError, match="differ in orientation or size"):
-        check_series(info)
+    stacks = find_series(tmp_path)
+    assert len(stacks) == 2 and {s.n_slices for s in stacks} == {SHAPE[2]}
+    assert {s.series_uid for s in stacks} == {stacks[0].series_uid}
+    assert sorted(s.stack.split(",")[0] for s in stacks) == ["stack 1 of 2", "stack 2 of 2"]
+    for s in stacks:
+        check_series(s)
+        which = "a" if s.folder.name == "a" else "b"
+        np.testing.assert_allclose(read_series(s).affine, AFFINES["lps" if which == "a" else "oblique"],
+                                   atol=1e-4)
 
 
 def test_sheared_affine_cannot_be_written(tmp_path):
     sheared = _affine(np.array([[1.0, 0.3, 0], [0, 1.0, 0], [0, 0, 5.0]]))
-    with pytest.raises(DicomError, match="sheared"):
+    with pytest.raises(ValueError, match="sheared"):
         _write(_image(sheared), tmp_path)
 
 
@@ -289,7 +294,7 @@ def test_dicom_seg_round_trip(tmp_path):
     labels[14:20, 8:16, 2:6] = 15
     labels[0, 0, 0] = 7  # present but not named: not written
     names = {1: "thigh_anterior_right", 15: "bone", 9: "calf_lateral_left"}  # 9 absent: not written
-    out = write_dicom_seg(labels, info.files, names, tmp_path / "out" / "seg.dcm", algorithm_version="1.2")
+    out = write_dicom_seg(labels, info, names, tmp_path / "out" / "seg.dcm", algorithm_version="1.2")
     assert out == tmp_path / "out" / "seg.dcm"
 
     seg = hd.seg.segread(out)
@@ -318,6 +323,7 @@ def test_dicom_seg_refuses_a_label_map_off_the_source_grid(tmp_path):
     _write(_image(AFFINES["lps"]), tmp_path)
     info = _one(tmp_path)
     with pytest.raises(DicomError, match="not the source grid"):
-        write_dicom_seg(np.ones((20, 24, 6), np.uint8), info.files, {1: "bone"}, tmp_path / "seg.dcm")
-    with pytest.raises(DicomError, match="no named label"):
-        write_dicom_seg(np.zeros(SHAPE, np.uint8), info.files, {1: "bone"}, tmp_path / "seg.dcm")
+        write_dicom_seg(np.ones((20, 24, 6), np.uint8), info, {1: "bone"}, tmp_path / "seg.dcm")
+    with pytest.raises(EmptySegmentation, match="no named label"):
+        write_dicom_seg(np.zeros(SHAPE, np.uint8), info, {1: "bone"}, tmp_path / "seg.dcm")
+    assert not (tmp_path / "seg.dcm").exists()

@@ -291,7 +291,7 @@ def test_bad_options_and_bundles_exit_2(tmp_path, capsys):
 
 
 def _as_dicom(src_nifti: Path, name: str, dst: Path, exam: str, body_part: str = "THIGH") -> None:
-    from nxp2seg.inference.dicom import write_series
+    from nxp2seg.phantom.dicom_export import write_series
 
     study = f"1.2.826.0.1.3680043.8.498.{abs(hash(exam)) % 10**12}"
     for_uid = study + ".1"
@@ -316,14 +316,17 @@ def test_dicom_and_nifti_of_one_exam_give_the_same_segmentation(trained_bundle, 
     assert _predict(f"model={trained_bundle}", f"input={nii}", f"output={tmp_path / 'o1'}") == 0
     assert _predict(f"model={trained_bundle}", f"input={dcm}", f"output={tmp_path / 'o2'}") == 0
     assert _digest(dcm) == before
+    row = pd.read_csv(tmp_path / "o2" / "cases.csv").iloc[0]
+    cid = row["case_id"]  # S + digest of the StudyInstanceUID + station: no folder name, no identifier
+    assert cid.startswith("S") and cid.endswith("_thigh") and len(cid) == len("S0123456789_thigh")
     a = nib.as_closest_canonical(nib.load(tmp_path / "o1" / "E1_thigh" / "seg.nii.gz"))
-    b = nib.as_closest_canonical(nib.load(tmp_path / "o2" / "exam1" / "seg.nii.gz"))
+    b = nib.as_closest_canonical(nib.load(tmp_path / "o2" / cid / "seg.nii.gz"))
     assert np.allclose(a.affine, b.affine, atol=1e-3)
     agree = (np.asarray(a.dataobj) == np.asarray(b.dataobj)).mean()
     assert agree > 0.99, agree
     row = pd.read_csv(tmp_path / "o2" / "cases.csv").iloc[0]
     assert row["station"] == "thigh" and row["station_source"] == "given"  # from BodyPartExamined
-    seg = pydicom.dcmread(tmp_path / "o2" / "exam1" / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "o2" / cid / "seg.dcm")
     t1_uid = pydicom.dcmread(next((dcm / "exam1" / "t1").iterdir())).SeriesInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == t1_uid
     assert len(seg.SegmentSequence) >= 6
@@ -332,6 +335,7 @@ def test_dicom_and_nifti_of_one_exam_give_the_same_segmentation(trained_bundle, 
         if path.suffix in (".json", ".csv", ".txt", ".ctbl"):
             text = path.read_text()
             assert "SECRET-42" not in text and "Doe" not in text, path
+            assert "exam1" not in text and str(dcm) not in text, path  # no folder name either
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ unusable bundle, input or output folder).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from nxp2seg.config_utils import load_cli_config
+
+import nxp2seg
 
 __all__ = ["load_config", "main", "predict"]
 
@@ -44,6 +48,13 @@ def _device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={name} but CUDA is not available here; use device=cpu")
     return name
+
+
+def _bundle_hash(manifest: dict[str, Any]) -> str:
+    """12 hex digits identifying a bundle: SHA-256 of its files' own SHA-256 (bundle.json ``files``)."""
+    files = manifest.get("files", {})
+    text = json.dumps({k: v.get("sha256") for k, v in sorted(files.items())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def predict(cfg: DictConfig) -> Any:
@@ -72,7 +83,8 @@ def predict(cfg: DictConfig) -> Any:
     out = check_output(Path(cfg.output), roots)
     model_info = {"bundle": str(Path(cfg.model).resolve()), "version": bundle.manifest.get("version"),
                   "commit": bundle.manifest.get("commit"), "grading": bundle.has_grading,
-                  "grade_scale": bundle.grade_scale.name}
+                  "grade_scale": bundle.grade_scale.name, "bundle_hash": _bundle_hash(bundle.manifest)}
+    model_info["algorithm_version"] = f"{nxp2seg.__version__} bundle {model_info['bundle_hash']}"
 
     def factory() -> Predictor:
         return Predictor(bundle, device=device, flip_tta=cfg.flip_tta, sw_batch_size=cfg.sw_batch_size,

@@ -22,7 +22,11 @@ from typing import Any
 
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from nxp2seg.inference.inputs import CaseInput
+from nxp2seg.data.case_ids import is_safe_case_id
+from nxp2seg.inference.dicom_headers import DicomError
+from nxp2seg.inference.dicom_seg import EmptySegmentation, write_dicom_seg
+from nxp2seg.inference.dicom_select import describe
+from nxp2seg.inference.inputs import CaseInput, private_text
 from nxp2seg.inference.predictor import CaseError, CasePrediction, Predictor
 from nxp2seg.inference.writers import (
     add_warning,
@@ -119,17 +123,65 @@ def case_report(pred: CasePrediction, seconds: float, files: Sequence[str], mode
 
 
 def _inputs_of(case: CaseInput) -> dict[str, Any]:
-    return {"source": case.source, "t1": str(case.t1) if case.t1 else None,
-            "stir": str(case.stir) if case.stir else None}
+    """What the case was made from: paths relative to the input (NIfTI), or the DICOM series
+    (SeriesNumber, description, orientation, TI, slices, folder inside the exam's folder)."""
+    out: dict[str, Any] = {"source": case.source}
+    for key in ("t1", "stir"):
+        series = getattr(case, f"{key}_series")
+        path = getattr(case, key)
+        if series is not None:
+            out[key] = describe(series, case.folder or series.folder)
+        else:
+            out[key] = str(path) if path else None
+    if case.unused:
+        out["unused"] = list(case.unused)
+    return out
+
+
+def _private(obj: Any, case: CaseInput) -> Any:
+    """``obj`` with every string passed through :func:`~nxp2seg.inference.inputs.private_text`."""
+    if isinstance(obj, str):
+        return private_text(obj, case)
+    if isinstance(obj, dict):
+        return {k: _private(v, case) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_private(v, case) for v in obj]
+    return obj
+
+
+def _case_warnings(report: dict[str, Any], case: CaseInput) -> None:
+    for code, message in case.warnings.items():
+        add_warning(report, code, message)
+
+
+def _write_seg(predictor: Predictor, case: CaseInput, pred: CasePrediction, d: Path,
+               report: dict[str, Any], version: str) -> bool:
+    """Write ``seg.dcm``; any problem becomes a warning on an ``ok`` case, never a failure."""
+    names = {int(v): n for n, v in predictor.schema.labels.items() if int(v) > 0}
+    try:
+        write_dicom_seg(pred.labels, case.t1_series, names, d / "seg.dcm", algorithm_version=version)
+        return True
+    except EmptySegmentation:
+        add_warning(report, "segmentation_empty", "the segmentation holds no labelled voxel; no DICOM SEG "
+                    "was written (seg.nii.gz is all background)")
+    except (DicomError, Exception) as e:  # noqa: BLE001 - the NIfTI outputs stand without the SEG
+        log.error("case %s: DICOM SEG failed:\n%s", case.case_id, traceback.format_exc())
+        add_warning(report, "dicom_seg_failed", f"no DICOM SEG was written ({type(e).__name__}: {e}); "
+                    "seg.nii.gz and the tables are complete")
+    (d / "seg.dcm").unlink(missing_ok=True)
+    return False
 
 
 def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = True,
                 dicom_seg: bool = True, model_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Predict and write one case; return its report (``status`` ok or failed). Never raises
     for a problem of the case itself (``KeyboardInterrupt`` and ``SystemExit`` still stop)."""
+    if case.skip:
+        return skipped_report(case, out)
     t0 = time.perf_counter()
-    d = case_dir(out, case.case_id) if case.case_id and "/" not in case.case_id else None
+    d = case_dir(out, case.case_id) if is_safe_case_id(case.case_id) else None
     writing = False
+    written: list[Path] = []
     try:
         if d is None or case.error:
             raise CaseError(case.error or f"case id {case.case_id!r} cannot be a folder name")
@@ -139,23 +191,26 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
         t1 = pred.t1_image
         d.mkdir(parents=True, exist_ok=True)
         (d / "report.json").unlink(missing_ok=True)  # unfinished until the new report lands
+        written.append(d / "seg.nii.gz")
         write_segmentation(d / "seg.nii.gz", pred.labels, t1)
         if qc:
             title = (f"{case.case_id} ({pred.station}{', inferred' if pred.station_source == 'inferred' else ''})"
                      f"  pattern {pred.case.get('pattern') or '-'}  score {pred.case.get('station_score')}")
+            written.append(d / "qc.png")
             write_qc(d / "qc.png", t1.get_fdata(dtype="float32"), pred.stir_native, pred.labels,
                      pred.edema, t1.affine, predictor.schema, title)
             files.append("qc.png")
-        if dicom_seg and case.t1_series is not None:
-            from nxp2seg.inference.dicom import write_dicom_seg
-
-            names = {int(v): n for n, v in predictor.schema.labels.items() if int(v) > 0}
-            write_dicom_seg(pred.labels, case.t1_series.files, names, d / "seg.dcm")
-            files.append("seg.dcm")
         report = case_report(pred, time.perf_counter() - t0, files, model_info or {})
         report["inputs"] = _inputs_of(case)
+        _case_warnings(report, case)
         if report.get("station_warning"):
             add_warning(report, "station_questioned", report["station_warning"])
+        if dicom_seg and case.t1_series is not None:
+            written.append(d / "seg.dcm")
+            if _write_seg(predictor, case, pred, d, report, (model_info or {}).get("algorithm_version", "0")):
+                files.append("seg.dcm")
+        report["files"] = list(files)
+        report = _private(report, case)
         write_report(d / "report.json", report)
         return report
     except (KeyboardInterrupt, SystemExit):
@@ -170,9 +225,13 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
             msg = (f"{case.case_id}: unexpected {type(e).__name__}: {e} (please report this with the "
                    "traceback in the log)")
             log.error("case %s failed:\n%s", case.case_id, traceback.format_exc())
+        for path in written:  # a failed case leaves nothing but its report
+            path.unlink(missing_ok=True)
         report = failed_report(case.case_id, case.subject_id, case.station, msg,
                                round(time.perf_counter() - t0, 3), _inputs_of(case))
-        if d is not None and case.case_id and ".." not in case.case_id:
+        _case_warnings(report, case)
+        report = _private(report, case)
+        if d is not None:
             try:
                 write_report(d / "report.json", report)
             except OSError as w:
@@ -212,7 +271,7 @@ def run_batch(
             pending.append(c)
     reports: dict[str, dict[str, Any]] = {}
     predictor = None
-    if pending and any(c.error is None for c in pending):
+    if pending and any(c.error is None and not c.skip for c in pending):
         predictor = predictor_factory()
         write_label_tables(out, predictor.schema)
     if predict_fn is not None and predictor is not None:
@@ -224,7 +283,7 @@ def run_batch(
     if is_main_process():
         tables = write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
         _keep_unsaved_errors(out, tables["cases"], reports)
-    failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") != "ok"]
+    failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") == "failed"]
     return BatchSummary(
         n_cases=len(cases), ok=sum(r.get("status") == "ok" for r in reports.values()),
         skipped=len(skipped), failed=len(failures), seconds=time.perf_counter() - t0,
@@ -249,19 +308,32 @@ def _loop(predictor: Predictor | None, pending: Sequence[CaseInput], out: Path, 
         task = bar.add_task("predict", total=len(pending), case="")
         for case in pending:
             bar.update(task, case=case.case_id)
-            if predictor is None:  # every pending case is already known to be bad
+            if case.skip:
+                rep = skipped_report(case, out)
+            elif predictor is None:  # every pending case is already known to be bad
                 rep = failed_report(case.case_id, case.subject_id, case.station, case.error or "",
                                     0.0, _inputs_of(case))
-                d = case_dir(out, case.case_id)
-                if case.error and case.case_id and "/" not in case.case_id and ".." not in case.case_id:
-                    write_report(d / "report.json", rep)
+                _case_warnings(rep, case)
+                rep = _private(rep, case)
+                if case.error and is_safe_case_id(case.case_id):
+                    write_report(case_dir(out, case.case_id) / "report.json", rep)
             else:
                 rep = predict_one(predictor, case, out, qc=qc, dicom_seg=dicom_seg, model_info=model_info)
             reports[case.case_id] = rep
-            if rep.get("status") != "ok":
+            if rep.get("status") == "failed":
                 log.warning("%s failed: %s", case.case_id, rep.get("error"))
             bar.advance(task)
     return reports
+
+
+def skipped_report(case: CaseInput, out: Path) -> dict[str, Any]:
+    """The report of a case with nothing to predict (``case.skip``: e.g. a study that is not MR)."""
+    rep = failed_report(case.case_id, case.subject_id, case.station, case.skip or "", 0.0, _inputs_of(case))
+    rep["status"] = "skipped"
+    rep = _private(rep, case)
+    if is_safe_case_id(case.case_id):
+        write_report(case_dir(out, case.case_id) / "report.json", rep)
+    return rep
 
 
 def _keep_unsaved_errors(out: Path, table: Any, reports: dict[str, dict[str, Any]]) -> None:

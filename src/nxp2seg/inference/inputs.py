@@ -12,8 +12,10 @@ Input kinds (``input=PATH``, optionally ``manifest=CSV``):
 * **manifest** -- a CSV with ``case_id, t1, stir`` and optional ``subject_id,
   station``; ``t1``/``stir`` are NIfTI files or DICOM series folders, relative
   to the manifest's folder or absolute.
-* **NIfTI folder** -- ``*.nii``/``*.nii.gz`` files (searched recursively),
-  paired by name (:func:`pair_nifti_files`):
+* **folder** -- every file under it is looked at once
+  (:func:`~nxp2seg.inference.dicom_headers.scan_folder`); NIfTI and DICOM
+  exams in one folder are each handled as what they are. NIfTI files
+  (``*.nii``/``*.nii.gz``) are paired by name (:func:`pair_nifti_files`):
 
   1. nnU-Net channels: ``{case}_0000`` = T1, ``{case}_0001`` = STIR;
   2. a sequence token at the end of the name: ``{case}_T1`` / ``{case}-t1w`` and
@@ -21,19 +23,35 @@ Input kinds (``input=PATH``, optionally ``manifest=CSV``):
   3. one folder per case: ``{case}/t1.nii.gz`` and ``{case}/stir.nii.gz`` (the
      file names are exactly the sequence token), case id = the folder's name.
 
-* **DICOM folder** -- any other folder: DICOM files found recursively,
-  grouped into series (:mod:`nxp2seg.inference.dicom`); one case per study
-  with a T1 and a STIR series recognised from their attributes; case id = the
-  study's folder relative to ``input`` (``/`` replaced by ``_``).
+  DICOM files (Part-10, without preamble, gzipped; single- or multi-frame)
+  are grouped into studies, stations and roles
+  (:func:`~nxp2seg.inference.dicom_select.select_exams`): one case per station
+  of a study. Its case id carries no identifier: ``S`` + 10 hex digits of the
+  SHA-256 of the StudyInstanceUID, then ``_thigh``/``_calf`` (``_station{k}``
+  when unknown); the subject id is ``P`` + a digest of the patient's id, name
+  and birth date. Both are stable across reruns. The log (not the outputs)
+  names each case's folder. Files that look like images but cannot be used
+  are listed in their study's case, or, without a study, in a failed case
+  ``F{digest of the folder}`` per folder; a study with no MR image is a
+  ``skipped`` case with its reason. Nothing that looks like imaging is
+  dropped in silence.
 
 The station comes from the manifest or ``cases.csv``; else from a ``thigh`` /
-``calf`` token in the case id (or DICOM ``BodyPartExamined``); else it is
-left ``None`` and inferred from the segmentation (reported as inferred). The
-subject id is the case id without its station token.
+``calf`` token in the case id (DICOM: the slice positions and hints, see
+:mod:`~nxp2seg.inference.dicom_select`); else it is left ``None`` and
+inferred from the segmentation (reported as inferred). The subject id is the
+case id without its station token (DICOM: the patient digest).
+
+A manifest's ``t1``/``stir`` may name a DICOM folder holding several series:
+the optional columns ``t1_series``/``stir_series`` pick one by SeriesNumber
+or SeriesInstanceUID; without them, the folder's one axial series of that
+role is taken (or the folder's only series).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,7 +60,11 @@ from typing import Any
 
 import pandas as pd
 
+from nxp2seg.data.case_ids import CASE_ID_RULE, is_safe_case_id
 from nxp2seg.data.schema import STATIONS
+from nxp2seg.inference.dicom_headers import DicomError, Scan, scan_folder
+from nxp2seg.inference.dicom_select import Exam, describe, pick_series, select_exams
+from nxp2seg.inference.dicom_series import SeriesInfo, check_series, group_series, slice_spacing
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -55,14 +77,13 @@ __all__ = [
     "subject_from_case",
 ]
 
+log = logging.getLogger(__name__)
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _T1_TOKENS = ("t1", "t1w")
 _STIR_TOKENS = ("stir", "tirm", "ir")
 _SEQ_SUFFIX = re.compile(r"^(?P<case>.+?)[_.-](?P<seq>t1w?|stir|tirm)$", re.IGNORECASE)
 _NNUNET = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
-_BODY_PART = {"THIGH": "thigh", "UPPER LEG": "thigh", "UPPERLEG": "thigh", "FEMUR": "thigh",
-              "LEG": "calf", "LOWER LEG": "calf", "LOWERLEG": "calf", "CALF": "calf"}
 
 
 class InputError(ValueError):
@@ -74,8 +95,13 @@ class CaseInput:
     """One exam (one station) to predict.
 
     ``t1``/``stir`` are NIfTI files or DICOM series folders; ``t1_series`` /
-    ``stir_series`` hold the :class:`~nxp2seg.inference.dicom.SeriesInfo` of
-    DICOM input. ``error`` set = the case is reported failed without running.
+    ``stir_series`` hold the :class:`~nxp2seg.inference.dicom_series.SeriesInfo`
+    of DICOM input. ``error`` set = the case is reported failed without running;
+    ``skip`` set = it is listed ``skipped`` with that reason. ``root`` is the
+    input folder and ``folder`` the exam's own folder: paths written to the
+    outputs are made relative to them (:func:`private_text`). ``warnings`` are
+    warning codes with their messages; ``unused`` lists the exam's series and
+    files that were not used, each with the reason.
     """
 
     case_id: str
@@ -88,6 +114,11 @@ class CaseInput:
     stir_series: Any = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    skip: str | None = None
+    root: Path | None = None
+    folder: Path | None = None
+    warnings: dict[str, str] = field(default_factory=dict)
+    unused: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def is_dicom(self) -> bool:
@@ -95,8 +126,22 @@ class CaseInput:
 
 
 def safe_case_id(case_id: str) -> bool:
-    """A case id usable as a folder name: letters, digits, ``. _ -``, no ``..``, no separators."""
-    return bool(_CASE_ID.match(case_id)) and ".." not in case_id
+    """A case id usable as a folder name (:func:`nxp2seg.data.case_ids.is_safe_case_id`)."""
+    return is_safe_case_id(case_id)
+
+
+def private_text(text: str, case: CaseInput) -> str:
+    """``text`` with the exam's folder and the input folder removed from its paths.
+
+    Folder names above an exam (PACS viewers name them after the patient) never
+    reach an output: a path inside the exam's folder is written relative to it,
+    any other path under the input relative to the input.
+    """
+    for base in (case.folder, case.root):
+        if base is None or str(base) in ("", ".", "/"):
+            continue
+        text = text.replace(f"{base}/", "").replace(str(base), ".")
+    return text
 
 
 def station_from_name(name: str) -> str | None:
@@ -126,18 +171,20 @@ def _case(case_id: str, t1: Path | None, stir: Path | None, source: str,
           station: str | None = None, subject: str | None = None,
           error: str | None = None) -> CaseInput:
     if error is None and not safe_case_id(case_id):
-        error = (f"case id {case_id!r} is not a safe folder name (letters, digits, '.', '_', '-'; "
-                 "no path separators or '..'); rename it")
+        error = f"case id {case_id!r} is not a safe folder name ({CASE_ID_RULE}); rename it"
     st = station if station in STATIONS else station_from_name(case_id)
     return CaseInput(case_id=case_id, subject_id=subject or subject_from_case(case_id), station=st,
                      t1=t1, stir=stir, source=source, error=error)
 
 
-def pair_nifti_files(folder: Path) -> list[CaseInput]:
-    """Pair T1 and STIR NIfTI files of a folder by name (rules in the module docstring)."""
+def pair_nifti_files(folder: Path, files: list[Path] | None = None) -> list[CaseInput]:
+    """Pair T1 and STIR NIfTI files of a folder by name (rules in the module docstring).
+
+    ``files``: the NIfTI files to pair (default: every file under ``folder``).
+    """
     found: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
     stray: list[Path] = []
-    for path in sorted(folder.rglob("*")):
+    for path in sorted(files if files is not None else folder.rglob("*")):
         stem = _nifti_stem(path)
         if stem is None or not path.is_file() or any(p.startswith(".") for p in path.relative_to(folder).parts):
             continue
@@ -175,6 +222,8 @@ def pair_nifti_files(folder: Path) -> list[CaseInput]:
         cases.append(_case(_nifti_stem(path) or path.name, None, None, "nifti", error=(
             f"{path}: cannot tell whether this is T1 or STIR from its name; rename it "
             "{case}_T1.nii.gz / {case}_STIR.nii.gz or list it in a manifest")))
+    for c in cases:
+        c.root = folder
     return cases
 
 
@@ -215,10 +264,11 @@ def _manifest_cases(manifest: Path) -> list[CaseInput]:
     need = {"case_id", "t1", "stir"}
     if not need <= set(table.columns):
         raise InputError(f"{manifest}: the manifest needs columns case_id, t1, stir "
-                         f"(optional subject_id, station); it has {list(table.columns)}")
+                         f"(optional subject_id, station, t1_series, stir_series); it has {list(table.columns)}")
     dup = table["case_id"][table["case_id"].duplicated()].unique()
     base = manifest.parent
     out = []
+    stacks: dict[Path, list[SeriesInfo]] = {}  # a flat folder is scanned once for all its rows
     for row in table.to_dict("records"):
         cid = str(row["case_id"]).strip()
         t1, stir = _manifest_path(row["t1"], base), _manifest_path(row["stir"], base)
@@ -234,72 +284,114 @@ def _manifest_cases(manifest: Path) -> list[CaseInput]:
                 err = f"{manifest}: file or folder not found: {', '.join(miss)}"
         subject = str(row.get("subject_id", "")).strip() or None
         case = _case(cid, t1, stir, "manifest", station=station, subject=subject, error=err)
+        case.root = base
         if err is None and t1 is not None and t1.is_dir():
-            _attach_dicom(case)
+            _attach_dicom(case, row, stacks)
         out.append(case)
     return out
 
 
-def _attach_dicom(case: CaseInput) -> None:
-    """Manifest rows whose t1/stir are folders: read the one series in each."""
-    from nxp2seg.inference.dicom import DicomError, find_series
-
+def _attach_dicom(case: CaseInput, row: dict[str, Any], cache: dict[Path, list[SeriesInfo]]) -> None:
+    """Manifest rows whose t1/stir are folders: the series named in ``{t1,stir}_series``, else the
+    folder's one axial series of that role, else its only series."""
     for key in ("t1", "stir"):
         folder = getattr(case, key)
         try:
-            series = find_series(folder)
+            if folder not in cache:
+                cache[folder] = group_series(scan_folder(folder))
+            stacks = cache[folder]
+            wanted = str(row.get(f"{key}_series", "") or "").strip()
+            if wanted:
+                chosen = pick_series(stacks, wanted, folder)
+            else:
+                fits = [s for s in stacks if s.role == key and s.plane == "axial"]
+                chosen = stacks[0] if len(stacks) == 1 else fits[0] if len(fits) == 1 else None
+                if chosen is None:
+                    listing = "; ".join(describe(s, folder) for s in stacks) or "no DICOM image"
+                    raise DicomError(f"{folder}: cannot tell which series is the {key.upper()} among "
+                                     f"[{listing}]; add a {key}_series column to the manifest with its "
+                                     "SeriesNumber or SeriesInstanceUID")
         except DicomError as e:
             case.error = str(e)
             return
-        if len(series) != 1:
-            case.error = (f"{folder}: expected one DICOM series for {key.upper()}, found {len(series)}"
-                          + (f" ({', '.join(repr(s.description) for s in series)})" if series else "")
-                          + "; point the manifest at the series' own folder")
-            return
-        setattr(case, f"{key}_series", series[0])
+        setattr(case, f"{key}_series", chosen)
     case.source = "manifest-dicom"
+    _spacing_warnings(case)
 
 
-def _dicom_cases(root: Path) -> list[CaseInput]:
-    from nxp2seg.inference.dicom import find_series
+def _spacing_warnings(case: CaseInput) -> None:
+    """The ``uneven_slice_spacing`` warning for a DICOM case whose series are unevenly spaced."""
+    for key in ("t1", "stir"):
+        info = getattr(case, f"{key}_series")
+        if info is None:
+            continue
+        try:
+            check_series(info)
+        except DicomError:
+            continue  # refused when the case is read, with the reason
+        sp = slice_spacing(info)
+        if not sp.even:
+            case.warnings["uneven_slice_spacing"] = " ".join(w for w in (
+                case.warnings.get("uneven_slice_spacing"),
+                (f"{key.upper()} {info.label}: slice positions leave an even grid by up to "
+                f"{sp.deviation_mm:.2f} mm; resampled onto {sp.n_even} slices {sp.resampled_mm:.3g} mm apart "
+                "(seg.nii.gz and seg.dcm are on that grid).")) if w)
 
-    series = find_series(root)
-    by_study: dict[str, list[Any]] = defaultdict(list)
-    for s in series:
-        by_study[s.study_uid].append(s)
+
+def _folder_cases(root: Path) -> list[CaseInput]:
+    """NIfTI pairs and DICOM exams of a folder, and a row for every file that looks like imaging but
+    cannot be used (see the module docstring)."""
+    scan = scan_folder(root)
+    cases = pair_nifti_files(root, scan.nifti) if scan.nifti else []
+    exams = select_exams(group_series(scan), root)
+    cases.extend(_exam_case(e, root) for e in exams)
+    cases.extend(_unusable_cases(scan, exams, cases, root))
+    if scan.other:
+        log.info("%s: not images, not used: %s", root,
+                 ", ".join(f"{n} {kind}" for kind, n in sorted(scan.other.items())))
+    return cases
+
+
+def _exam_case(exam: Exam, root: Path) -> CaseInput:
+    case = _case(exam.case_id, exam.t1.folder if exam.t1 else None, exam.stir.folder if exam.stir else None,
+                 "dicom", station=exam.station, subject=exam.subject_id, error=exam.error)
+    case.t1_series, case.stir_series = exam.t1, exam.stir
+    case.root, case.folder = root, exam.folder
+    case.skip = exam.skip
+    case.warnings.update(exam.warnings)
+    case.unused = [{"series": describe(s, exam.folder), "reason": reason} for s, reason in exam.unused]
+    if case.error is None:
+        _spacing_warnings(case)
+    log.info("case %s <- %s", case.case_id, exam.folder)
+    return case
+
+
+def _unusable_cases(scan: Scan, exams: list[Exam], cases: list[CaseInput], root: Path) -> list[CaseInput]:
+    """Unusable files go into their study's first case (warning ``files_unusable``), or, without a
+    study there, into one failed case per folder."""
+    first: dict[str, CaseInput] = {}
+    for exam, case in zip(exams, cases[len(cases) - len(exams):]):
+        first.setdefault(exam.study_uid, case)
+    by_folder: dict[Path, list[Any]] = defaultdict(list)
+    for item in scan.unusable:
+        case = first.get(item.study_uid or "")
+        if case is None:
+            by_folder[item.path.parent].append(item)
+            continue
+        rel = private_text(str(item.path), case)
+        case.unused.append({"file": rel, "reason": item.reason})
+        case.warnings["files_unusable"] = f"{sum('file' in u for u in case.unused)} file(s) of this study " \
+                                          "look like images but cannot be used (listed under unused)"
     out = []
-    for study in sorted(by_study, key=lambda u: str(_common_folder(by_study[u]))):
-        group = by_study[study]
-        folder = _common_folder(group)
-        rel = folder.relative_to(root) if folder != root else Path(root.name)
-        cid = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(rel.parts)).strip("._") or "case"
-        t1 = [s for s in group if s.role == "t1"]
-        stir = [s for s in group if s.role == "stir"]
-        err = None
-        if len(t1) != 1 or len(stir) != 1:
-            desc = ", ".join(f"{s.description or '(no description)'}={s.role or 'unknown'}" for s in group)
-            err = (f"{folder}: need exactly one T1 and one STIR series, found {len(t1)} T1 and "
-                   f"{len(stir)} STIR among [{desc}]; list the series in a manifest "
-                   "(case_id,t1,stir with the series folders) to choose them")
-        body = {s.body_part for s in group if s.body_part}
-        station = next((_BODY_PART[b] for b in body if b in _BODY_PART), None) if len(body) == 1 else None
-        case = _case(cid, t1[0].folder if len(t1) == 1 else None,
-                     stir[0].folder if len(stir) == 1 else None, "dicom",
-                     station=station, error=err)
-        if len(t1) == 1 and len(stir) == 1:
-            case.t1_series, case.stir_series = t1[0], stir[0]
+    for folder, items in sorted(by_folder.items()):
+        digest = hashlib.sha256(str(folder.relative_to(root)).encode("utf-8", "replace")).hexdigest()[:10]
+        listing = "; ".join(f"{i.path.name}: {i.reason}" for i in items)
+        case = _case(f"F{digest}", None, None, "dicom", error=(
+            f"{len(items)} file(s) in this folder look like images but cannot be used: {listing}"))
+        case.root, case.folder = root, folder
+        log.info("case %s <- %s (files that cannot be used)", case.case_id, folder)
         out.append(case)
     return out
-
-
-def _common_folder(series: list[Any]) -> Path:
-    parts = [s.folder.parts for s in series]
-    common = []
-    for level in zip(*parts):
-        if len(set(level)) != 1:
-            break
-        common.append(level[0])
-    return Path(*common) if common else Path("/")
 
 
 def _dedupe(cases: list[CaseInput]) -> list[CaseInput]:
@@ -339,12 +431,10 @@ def discover_cases(input_path: str | Path, manifest: str | Path | None = None,
                              "or a manifest CSV")
         if (root / "dataset.json").exists() and (root / "cases.csv").exists():
             cases = _cohort_cases(root, split)
-        elif any(_nifti_stem(p) is not None for p in root.rglob("*") if p.is_file()):
-            cases = pair_nifti_files(root)
         else:
-            cases = _dicom_cases(root)
+            cases = _folder_cases(root)
     if not cases:
         where = manifest or input_path
-        raise InputError(f"{where}: no cases found (no NIfTI pairs, no DICOM T1/STIR series); "
+        raise InputError(f"{where}: no cases found (no NIfTI file, no DICOM image); "
                          "see `python -m nxp2seg.predict --help` for the input layouts")
     return _dedupe(cases)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from nxp2seg.data.case_ids import CASE_ID_PATTERN, is_safe_case_id
 from nxp2seg.data.cohort import DatasetDescription, read_table
 from nxp2seg.data.schema import FAT_SCALE, PATTERNS, STATIONS
 from nxp2seg.data.verify.report import Collector, _names, _rows
@@ -24,8 +24,6 @@ __all__ = [
     "is_safe_case_id",
 ]
 
-#: A case id must be usable as a file name on every system.
-CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 _REQUIRED = {
     "cases.csv": ("case_id", "subject_id", "station"),
@@ -43,11 +41,6 @@ _JSON_GROUPS = {
     "raters": ("raters",),
     "numTraining": ("numTraining",),
 }
-
-
-def is_safe_case_id(case_id: Any) -> bool:
-    """True for ids like ``S01_thigh``: safe as file names (no ``..``, no separators)."""
-    return isinstance(case_id, str) and bool(CASE_ID_PATTERN.match(case_id)) and ".." not in case_id
 
 
 def check_dataset_json(ctx: Collector) -> None:
