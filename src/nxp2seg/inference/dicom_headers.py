@@ -201,6 +201,15 @@ def read_header(path: Path, *, pixels: bool = False) -> Dataset | None:
     except READ_ERRORS:
         return None
     ds.nxp2seg_kind = kind
+    meta = getattr(ds, "file_meta", None)
+    if kind != "part10" and (meta is None or "TransferSyntaxUID" not in meta):
+        # raw DICOM has no file meta: its encoding is what pydicom found while parsing
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if meta is None:
+            ds.file_meta = meta = pydicom.dataset.FileMetaDataset()
+        meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                  else pydicom.uid.ExplicitVRLittleEndian if little
+                                  else pydicom.uid.ExplicitVRBigEndian)
     return ds
 
 
@@ -273,6 +282,10 @@ def _sort_dataset(scan: Scan, path: Path, ds: Dataset) -> None:
                                                          "MediaStorageSOPClassUID", ""))
     if sop_class == DICOMDIR_UID or "DirectoryRecordSequence" in ds:
         scan.other["DICOMDIR"] += 1
+        return
+    if "SOPClassUID" not in ds and "Rows" not in ds:
+        scan.unusable.append(Unusable(path, "a DICOM file without SOP Class UID or image attributes "
+                                            "(damaged or truncated): export it again"))
         return
     if "PixelData" not in ds and "Rows" not in ds:  # reports, presentation states, key objects...
         scan.other[f"DICOM {ds.get('Modality', '') or 'object'} without pixels"] += 1

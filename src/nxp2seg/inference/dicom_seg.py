@@ -42,7 +42,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from nxp2seg.data.schema import MUSCLES
 from nxp2seg.inference.dicom_headers import DicomError, load_dataset
-from nxp2seg.inference.dicom_series import SeriesInfo, read_series_grid
+from nxp2seg.inference.dicom_series import SeriesInfo, read_series_grid, slice_spacing
 from nxp2seg.io import atomic_write_bytes
 
 __all__ = ["SEG_ATTRIBUTES", "EmptySegmentation", "write_dicom_seg"]
@@ -107,7 +107,7 @@ def write_dicom_seg(
         frames[labels_srk == value] = k
     descriptions = [_segment_description(hd, k, str(segment_names[value]), algorithm_version)
                     for k, value in enumerate(values, start=1)]
-    sources, on_sources = _sources(series, len(positions))
+    sources, on_sources = _sources(series, len(positions) if slice_spacing(series).even else -1)
     geometry = {} if on_sources else _plane_geometry(hd, positions, orientation, spacing)
     try:
         with warnings.catch_warnings():
@@ -132,7 +132,8 @@ def write_dicom_seg(
 def _sources(series: SeriesInfo, n_planes: int) -> tuple[list[Dataset], bool]:
     """Minimal copies of the source images, and whether the SEG frames are exactly the source frames.
 
-    Exact when the label map has one slice per source frame, and the frames are
+    Exact when the label map has one slice per source frame (``n_planes``; -1 for a resampled
+    grid, which never is), and the frames are
     single-frame files, or all frames of one multi-frame file in its own order.
     """
     datasets = {p: load_dataset(p) for p in series.files}

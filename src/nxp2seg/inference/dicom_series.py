@@ -211,16 +211,15 @@ def _split_far_apart(members: list[tuple[Frame, Dataset]]) -> list[list[tuple[Fr
 
 
 def _stack_labels(parts: list[list[tuple[Frame, Dataset]]]) -> list[str]:
-    """Labels telling the stacks of one series apart (``""`` for a series of one stack)."""
+    """Labels telling the stacks of one series apart (``""`` for a series of one stack): the stack's
+    number, plane, and what differs between the stacks (stack id, echo, inversion, frame type)."""
     if len(parts) == 1:
         return [""]
-    labels = []
-    for i, part in enumerate(parts):
-        frame, ds = part[0]
-        what = frame.stack or _classic_key(ds)
-        plane = plane_of(frame.normal)
-        labels.append(", ".join(x for x in (f"stack {i + 1} of {len(parts)}", plane, what) if x))
-    return labels
+    keys = [[p for p in (part[0][0].stack or _classic_key(part[0][1])).split(", ") if p] for part in parts]
+    common = set.intersection(*(set(k) for k in keys))
+    return [", ".join([f"stack {i + 1} of {len(parts)}", plane_of(part[0][0].normal),
+                       *(p for p in key if p not in common)])
+            for i, (part, key) in enumerate(zip(parts, keys))]
 
 
 def _series_info(uid: str, members: list[tuple[Frame, Dataset]], stack: str) -> SeriesInfo:
