@@ -415,8 +415,12 @@ def test_seg_in_every_character_set_keeps_only_what_the_iod_needs(tmp_path, char
     assert errors == [], errors
 
 
-def test_seg_on_multiframe_sources_is_valid(tmp_path):
-    write_enhanced_series([_image(_aff(-300.0)), _image(_aff(-700.0), seed=5)], tmp_path / "e.dcm",
+@pytest.mark.parametrize("same_grid", [True, False], ids=["shared-groups", "per-frame-groups"])
+def test_seg_on_multiframe_sources_is_valid(tmp_path, same_grid):
+    calf = _aff(-700.0)
+    if not same_grid:  # stacks of another pixel spacing: orientation and measures are per frame
+        calf[:2, :2] *= 1.1
+    write_enhanced_series([_image(_aff(-300.0)), _image(calf, seed=5)], tmp_path / "e.dcm",
                           series_description="t1", series_number=2, study_uid=STUDY, frame_of_reference_uid=FOR,
                           uid_seed="m")
     for info in find_series(tmp_path):

@@ -426,7 +426,7 @@ def _stack_key(shared: Dataset | None, item: Dataset) -> str:
     return ", ".join(parts)
 
 
-_FAT_OPTIONS = {"FS", "SFS", "FAT", "FATSAT", "FSAT", "SPAIR", "SPIR", "CHESS", "PFP"}
+_FAT_OPTIONS = {"FS", "SFS", "FAT", "FATSAT", "FSAT", "SPAIR", "SPIR", "CHESS", "FS_SPIR", "FS_SPAIR"}
 
 
 def acquisition_of(ds: Dataset) -> Acquisition:

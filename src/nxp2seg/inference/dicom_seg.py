@@ -144,11 +144,14 @@ def _sources(series: SeriesInfo, n_planes: int) -> tuple[list[Dataset], bool]:
     ds = datasets[path]
     whole = (len(series.files) == 1 and n_planes == series.n_slices
              and [f.index for f in series.frames] == list(range(int(ds.get("NumberOfFrames", 0) or 0))))
-    return [_minimal(d) for d in datasets.values()], whole
+    first = series.frames[0].index or 0
+    return [_minimal(d, first) for d in datasets.values()], whole
 
 
-def _minimal(ds: Dataset) -> Dataset:
-    """A copy of ``ds`` with :data:`SEG_ATTRIBUTES` only (and the multi-frame geometry groups)."""
+def _minimal(ds: Dataset, frame: int = 0) -> Dataset:
+    """A copy of ``ds`` with :data:`SEG_ATTRIBUTES` only (and the multi-frame geometry groups; a
+    group given per frame only is also put in the shared groups from frame ``frame``, the stack's,
+    which is where highdicom reads a source's orientation and pixel measures)."""
     out = Dataset()
     for keyword in SEG_ATTRIBUTES:
         if keyword in ds:
@@ -165,6 +168,8 @@ def _minimal(ds: Dataset) -> Dataset:
         for kw in keep:
             if kw in shared:
                 setattr(new_shared, kw, shared[kw].value)
+            elif kw != "PlanePositionSequence" and kw in per_frame[frame]:
+                setattr(new_shared, kw, per_frame[frame][kw].value)
         out.SharedFunctionalGroupsSequence = [new_shared]
         items = []
         for item in per_frame:

@@ -249,7 +249,7 @@ def _series_info(uid: str, members: list[tuple[Frame, Dataset]], stack: str) -> 
         rows=frames[0].rows,
         columns=frames[0].columns,
         n_slices=len(frames),
-        body_part=str(first.get("BodyPartExamined", "") or "").strip().upper(),
+        body_part=_body_part(first),
         folder=Path(os.path.commonpath([str(p.parent) for p in files])),
         series_number=int(number_) if number_ is not None else None,
         plane=plane,
@@ -260,6 +260,16 @@ def _series_info(uid: str, members: list[tuple[Frame, Dataset]], stack: str) -> 
         patient=patient_key(first),
         multiframe=frames[0].index is not None,
     )
+
+
+def _body_part(ds: Dataset) -> str:
+    """BodyPartExamined, else (multi-frame) the shared FrameAnatomySequence's region, upper-case."""
+    part = str(ds.get("BodyPartExamined", "") or "").strip()
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if not part and shared and shared[0].get("FrameAnatomySequence"):
+        region = shared[0].FrameAnatomySequence[0].get("AnatomicRegionSequence")
+        part = str(region[0].get("CodeMeaning", "") or "") if region else ""
+    return part.upper()
 
 
 def _series_time(ds: Dataset) -> str:

@@ -123,7 +123,7 @@ def series_from_template(
         base.PixelSpacing = ["1", "1"]
     base.SliceThickness = _ds(abs(np.median(np.diff(positions))) if n_slices > 1 else slice_step)
     base.ScanningSequence = scanning_sequence.split("\\") if "\\" in scanning_sequence else scanning_sequence
-    base.SequenceVariant = "NONE"
+    base.SequenceVariant, base.ScanOptions = "NONE", ""  # the vendor's options (e.g. FS) are not this stack's
     base.RepetitionTime, base.EchoTime = _ds(repetition_time), _ds(echo_time)
     if inversion_time is not None:
         base.InversionTime = _ds(inversion_time)
