@@ -165,6 +165,7 @@ def build(suite: Suite, cohort: Path) -> None:
         place = _placement(img)
         n = place["n_slices"]
         place["slice_positions"] = [place["slice_step"] * (j + (0.4 if j >= n // 2 else 0.0)) for j in range(n)]
+        place["pixels"] = place["pixels"].astype(np.int16)  # dcm2niix writes its _Eq file for signed data
         series_from_template(pydicom_test_file("MR_small.dcm"), patient / "uneven" / role, series_number=k + 1,
                              description=f"{role}_tse_tra", study_uid=uid, frame_of_reference_uid=uid + ".1",
                              extra=suite.extra(BodyPartExamined="THIGH"), uid_seed=f"uneven{role}", **place, **acq)
@@ -271,6 +272,7 @@ def check(suite: Suite, out: Path, seconds: float, code: int) -> dict:
     result["segs_written"] = len(seg_errors)
     result["identifiers_found"] = _identifiers(out, suite.root)
     result["tools"] = {"dcm2niix": bool(d2n), "dciodvfy": bool(dci)}
+    result["exams"] = dict(suite.exams)
     return result
 
 

@@ -356,10 +356,10 @@ def test_uneven_slices_resampled_onto_an_even_grid_and_the_seg_agrees(tmp_path):
     info = next(s for s in find_series(tmp_path) if s.role == "t1")
     check_series(info)
     sp = slice_spacing(info)
-    assert not sp.even and sp.resampled_mm == pytest.approx(5.0) and sp.n_even == 6
+    assert not sp.even and sp.resampled_mm == pytest.approx(26.0 / 6) and sp.n_even == 7  # dcm2niix's _Eq grid
     img = read_series(info)
-    z = nib.affines.apply_affine(img.affine, np.c_[np.zeros(6), np.zeros(6), np.arange(6)])[:, 2]
-    np.testing.assert_allclose(z, 30.0 + 5.0 * np.arange(6), atol=1e-4)
+    z = nib.affines.apply_affine(img.affine, np.c_[np.zeros(7), np.zeros(7), np.arange(7)])[:, 2]
+    np.testing.assert_allclose(z, 30.0 + 26.0 / 6 * np.arange(7), atol=1e-4)
     # linear interpolation along the true positions: each slice reads its own position
     np.testing.assert_allclose(img.get_fdata()[5, 5, :], 100 + 10 * (z - 30.0), atol=1e-3)
     cases = discover_cases(tmp_path)

@@ -13,8 +13,8 @@ duplicate position, missing slices); :func:`slice_spacing` tells whether the
 slices are evenly spaced; :func:`read_series` reads the pixels and returns a
 NIfTI image whose affine comes from the frames' own positions and
 orientation. Unevenly spaced slices are resampled (linear along the slice
-axis) onto an even grid at the smallest spacing found, as dcm2niix's ``_Eq``
-output does: a voxel's position is then true everywhere, which one affine
+axis) onto the even grid dcm2niix's ``_Eq`` output uses (first to last slice,
+no interval wider than the smallest gap): a voxel's position is then true everywhere, which one affine
 over uneven slices cannot be.
 
 Coordinates. DICOM positions are in the patient's LPS space; NIfTI affines
@@ -306,9 +306,12 @@ def slice_spacing(info: SeriesInfo) -> SliceSpacing:
     deviation = float(np.max(np.abs(pos - (pos[0] + step * np.arange(n)))))
     smallest = float(np.min(np.diff(pos)))
     even = deviation <= EVEN_TOLERANCE_MM
-    n_even = n if even else int(np.floor((pos[-1] - pos[0]) / smallest + 1e-6)) + 1
-    return SliceSpacing(step=step, even=even, deviation_mm=deviation,
-                        resampled_mm=step if even else smallest, n_even=n_even)
+    if even:
+        return SliceSpacing(step=step, even=True, deviation_mm=deviation, resampled_mm=step, n_even=n)
+    # dcm2niix's _Eq grid: from the first to the last slice, no interval wider than the smallest gap
+    n_even = int(np.ceil((pos[-1] - pos[0]) / smallest - 1e-6)) + 1
+    return SliceSpacing(step=step, even=False, deviation_mm=deviation,
+                        resampled_mm=float((pos[-1] - pos[0]) / (n_even - 1)), n_even=n_even)
 
 
 def check_series(info: SeriesInfo) -> None:

@@ -95,8 +95,8 @@ def series_from_template(
 
     Slice ``k`` lies at ``origin + p_k * normal`` with ``normal = row_dir x col_dir``
     and ``p_k = slice_positions[k]`` (default ``k * slice_step``). ``pixels``
-    ``(rows, columns, n_slices)`` replaces the vendor's pixel data (stored as
-    uint16, uncompressed); otherwise every slice keeps the template's pixel
+    ``(rows, columns, n_slices)`` replaces the vendor's pixel data (stored
+    uncompressed as int16 when given so, else uint16); otherwise every slice keeps the template's pixel
     stream as it is (compressed or not). ``extra`` sets attributes by keyword.
     ``raw`` writes the dataset without preamble and file meta (implicit VR
     little endian, as dcm2niix still reads it); ``gz`` gzips each file.
@@ -150,8 +150,8 @@ def series_from_template(
         ds.SliceLocation = _ds(float(ipp @ normal))
         ds.InstanceNumber = numbers[k] + 1
         if pixels is not None:
-            ds.set_pixel_data(np.ascontiguousarray(pixels[:, :, k].astype(np.uint16)), "MONOCHROME2", 16,
-                              generate_instance_uid=False)
+            plane = pixels[:, :, k] if pixels.dtype in (np.int16, np.uint16) else pixels[:, :, k].astype(np.uint16)
+            ds.set_pixel_data(np.ascontiguousarray(plane), "MONOCHROME2", 16, generate_instance_uid=False)
         if raw:
             fp = DicomBytesIO()
             fp.is_little_endian, fp.is_implicit_VR = True, True
