@@ -441,3 +441,13 @@ def test_group_series_of_a_scan_matches_find_series(tmp_path):
     assert [s.series_uid for s in group_series(scan_folder(tmp_path))] == [s.series_uid for s in find_series(tmp_path)]
     exams = select_exams(find_series(tmp_path), tmp_path)
     assert [e.station for e in exams] == ["thigh", "calf"]
+
+
+def test_duplicate_slices_are_named_with_their_folders(tmp_path):
+    from nxp2seg.inference.dicom_headers import DicomError
+
+    _vendor("MR_small.dcm", tmp_path / "exam" / "a", uid_seed="same")
+    _vendor("MR_small.dcm", tmp_path / "exam" / "b", uid_seed="same")  # the same series exported twice
+    (info,) = find_series(tmp_path)
+    with pytest.raises(DicomError, match=r"duplicate slice position\(s\), e\.g\. a/IM0001 and b/IM0001"):
+        check_series(info)
