@@ -55,12 +55,12 @@ def export(tmp_path_factory, trained_bundle) -> dict:
     japanese = pydicom.dcmread(pydicom_test_file("chrH31.dcm"))
     extra = {"SpecificCharacterSet": japanese.SpecificCharacterSet, **SECRETS}
     study = "1.2.826.0.1.3680043.8.498.31337"
-    kw = dict(study_uid=study, frame_of_reference_uid=study + ".1", patient_name=japanese.PatientName,
-              patient_id=SECRETS["PatientID"], body_part="LEG", extra=extra)
+    kw = {"study_uid": study, "frame_of_reference_uid": study + ".1", "patient_name": japanese.PatientName,
+          "patient_id": SECRETS["PatientID"], "body_part": "LEG", "extra": extra}
     t1_thigh, stir_thigh = _exam("thigh", 0.0, 1)
     t1_calf, stir_calf = _exam("calf", -400.0, 2)
-    t1 = dict(scanning_sequence="SE", repetition_time=550.0, echo_time=12.0)
-    stir = dict(scanning_sequence="IR", inversion_time=160.0, repetition_time=4500.0, echo_time=40.0)
+    t1 = {"scanning_sequence": "SE", "repetition_time": 550.0, "echo_time": 12.0}
+    stir = {"scanning_sequence": "IR", "inversion_time": 160.0, "repetition_time": 4500.0, "echo_time": 40.0}
     write_series(t1_thigh, flat, series_description="t1_tse_tra", series_number=3, uid_seed="t1t", **t1, **kw)
     write_series(stir_thigh, flat, series_description="t2_tirm_tra", series_number=4, uid_seed="st", **stir, **kw)
     write_series(t1_calf, flat, series_description="t1_tse_tra", series_number=5, uid_seed="t1c", **t1, **kw)
