@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""nnU-Net v2's side of ``scripts/benchmark_nnunet.py``; runs in the nnU-Net venv, never imports nxp2seg.
+
+Two commands:
+
+* ``train --dataset ID --budget-cpu-s S [--lr-axis A] [--mirror-lr]`` trains
+  :class:`nnUNetTrainerCPUBudget` on fold 0 of the preprocessed dataset (the
+  ``nnUNet_*`` environment variables name the folders). It is nnU-Net's default
+  ``nnUNetTrainer`` (network, loss, augmentation, SGD with Nesterov momentum,
+  initial learning rate 0.01, batch and patch from the plans) with two changes
+  for a fixed compute budget: training stops once the CPU seconds of the
+  training process and its data-augmentation workers reach ``S``, and the poly
+  learning-rate schedule ``lr = 0.01 (1 - used / S)^0.9`` runs over that budget
+  (set before every iteration) instead of over 1000 epochs of 250 iterations,
+  so a short run still anneals. Epochs are 50 training + 10 validation
+  iterations (nnU-Net's 250 + 50 in the same ratio) so the pseudo-Dice is
+  logged more than once. Mirroring: nnU-Net mirrors every axis in training and
+  at inference; the labels are sided (right and left compartments), so the
+  right-left axis ``A`` (nnU-Net's array order before ``transpose_forward``) is
+  taken out of both unless ``--mirror-lr``. The final validation of the
+  validation fold that ``nnUNetv2_train`` runs after training is not run (the
+  benchmark scores the held-out test subjects instead). Writes
+  ``train_info.json`` (epochs, iterations, CPU and wall seconds) beside the
+  checkpoint.
+
+  The trainer is instantiated here rather than through ``nnUNetv2_train -tr``:
+  nnU-Net 2.8's trainer lookup imports every trainer module, the Primus ones
+  import ``timm`` and ``timm`` imports ``torchvision``, which fails against a
+  CPU build of torch (the PyPI torchvision is built for the CUDA one).
+
+* ``predict --model DIR --images imagesTs --out OUT [--no-mirroring]`` reads
+  each case with the plans' reader, predicts with ``nnUNetPredictor``
+  (``checkpoint_final.pth``, tile step 0.5, Gaussian weighting; mirroring on
+  the allowed axes unless ``--no-mirroring``), writes ``OUT/{case}/seg.nii.gz``
+  and a ``cases.csv``/``regions.csv`` pair in nxp2seg's prediction-folder
+  layout (segmentation only), so ``nxp2seg.evaluate`` reads it like its own,
+  and ``seconds.json`` (read + predict + write per case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process and all its live descendants (Linux ``/proc``)."""
+    pid = os.getpid() if pid is None else pid
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # after the command: state ppid ... utime(14th field) stime(15th) cutime cstime
+        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / _CLK)
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(p)
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, (0, 0.0))[1]
+        todo.extend(children.get(p, []))
+    return total
+
+
+class nnUNetTrainerCPUBudget(nnUNetTrainer):
+    """``nnUNetTrainer`` stopped by a CPU-seconds budget, its poly schedule stretched over it."""
+
+    budget_cpu_s: float = 0.0
+    lr_axis: int | None = None  # right-left axis in the reader's array order; None: mirror all axes
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device | None = None):
+        # nnU-Net records its init arguments by these names (inspect.signature)
+        super().__init__(plans, configuration, fold, dataset_json, device or torch.device("cpu"))
+        self.num_iterations_per_epoch = 50
+        self.num_val_iterations_per_epoch = 10
+        self.num_epochs = 1_000_000  # the budget ends training, not the epoch count
+        self.iterations = 0
+        self._t0 = time.perf_counter()
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rot, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.lr_axis is not None:
+            axis = list(self.plans_manager.transpose_forward).index(int(self.lr_axis))
+            mirror_axes = tuple(a for a in mirror_axes if a != axis)
+            self.print_to_log_file(f"right-left axis {axis} (after transpose) not mirrored; mirror axes {mirror_axes}")
+        self.inference_allowed_mirroring_axes = mirror_axes
+        return rot, dummy_2d, initial_patch, mirror_axes
+
+    def used(self) -> float:
+        return process_tree_cpu_s()
+
+    def on_train_epoch_start(self):  # the base class would step its epoch-wise poly schedule
+        self.network.train()
+        self.print_to_log_file(f"\nEpoch {self.current_epoch}")
+
+    def _set_lr(self) -> None:
+        frac = min(self.used() / self.budget_cpu_s, 1.0)
+        lr = self.initial_lr * (1.0 - frac) ** 0.9
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.logger.log("lrs", lr, self.current_epoch)
+
+    def run_training(self):
+        self.on_train_start()
+        done = False
+        while not done:
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = []
+            for _ in range(self.num_iterations_per_epoch):
+                self._set_lr()
+                outputs.append(self.train_step(next(self.dataloader_train)))
+                self.iterations += 1
+                if self.used() >= self.budget_cpu_s:
+                    done = True
+                    break
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                val = [self.validation_step(next(self.dataloader_val))
+                       for _ in range(self.num_val_iterations_per_epoch if not done else 0)]
+                if val:
+                    self.on_validation_epoch_end(val)
+            if val:
+                self.on_epoch_end()
+            else:  # the last, partial epoch: no validation, nothing to log for it
+                self.current_epoch += 1
+        self.on_train_end()
+        emas = self.logger.get_value("ema_fg_dice", step=None)
+        ema = emas[-1] if emas else None
+        info = {"iterations": self.iterations, "epochs": self.current_epoch,
+                "iterations_per_epoch": self.num_iterations_per_epoch,
+                "cpu_s_at_stop": round(self.used(), 1), "wall_s_in_trainer": round(time.perf_counter() - self._t0, 1),
+                "budget_cpu_s": self.budget_cpu_s, "ema_pseudo_dice": None if ema is None else float(ema),
+                "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size),
+                "mirror_axes": list(self.inference_allowed_mirroring_axes or ()),
+                "parameters": int(sum(p.numel() for p in self.network.parameters())),
+                "threads": torch.get_num_threads()}
+        Path(self.output_folder, "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("final validation of the validation fold skipped (scripts/benchmark_nnunet.py "
+                               "scores the held-out test subjects)")
+
+
+def train(args) -> None:
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    torch.set_num_threads(args.threads)
+    pre = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset)
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False  # as nnunetv2.run.run_training.get_trainer_from_args sets it
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    nnUNetTrainerCPUBudget.budget_cpu_s = args.budget_cpu_s
+    nnUNetTrainerCPUBudget.lr_axis = None if args.mirror_lr else args.lr_axis
+    trainer = nnUNetTrainerCPUBudget(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.run_training()
+    print(f"model: {trainer.output_folder_base}")
+
+
+def predict(args) -> None:
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    torch.set_num_threads(args.threads)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not args.no_mirroring,
+                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    # nnUNetPredictor.initialize_from_trained_model_folder, without its trainer lookup (see above)
+    model = Path(args.model)
+    plans = PlansManager(json.loads((model / "plans.json").read_text()))
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    ckpt = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    conf = plans.get_configuration(ckpt["init_args"]["configuration"])
+    network = nnUNetTrainer.build_network_architecture(
+        plans, conf, determine_num_input_channels(plans, conf, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    predictor.manual_initialization(network, plans, conf, [ckpt["network_weights"]], dataset_json,
+                                    ckpt["trainer_name"], ckpt["inference_allowed_mirroring_axes"])
+    reader = plans.image_reader_writer_class()
+    cases = sorted({p.name[: -len("_0000.nii.gz")] for p in Path(args.images).glob("*_0000.nii.gz")})
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    for case in cases:
+        t0 = time.perf_counter()
+        img, props = reader.read_images([str(Path(args.images) / f"{case}_{c:04d}.nii.gz") for c in (0, 1)])
+        seg = predictor.predict_single_npy_array(img, props, None, None, False)
+        (args.out / case).mkdir(exist_ok=True)
+        reader.write_seg(np.asarray(seg, dtype=np.uint8), str(args.out / case / "seg.nii.gz"), props)
+        seconds[case] = round(time.perf_counter() - t0, 3)
+        print(f"{case}: {seconds[case]:.1f} s", flush=True)
+    (args.out / "cases.csv").write_text("case_id,status\n" + "".join(f"{c},ok\n" for c in cases))
+    (args.out / "regions.csv").write_text("case_id,region,edema_grade\n")
+    (args.out / "seconds.json").write_text(json.dumps(seconds, indent=2) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--dataset", required=True, help="dataset id or name")
+    t.add_argument("--budget-cpu-s", type=float, required=True)
+    t.add_argument("--lr-axis", type=int, help="the right-left axis (reader's array order): not mirrored")
+    t.add_argument("--mirror-lr", action="store_true", help="mirror right-left too (nnU-Net's default)")
+    t.add_argument("--threads", type=int, default=os.cpu_count())
+    p = sub.add_parser("predict")
+    p.add_argument("--model", type=Path, required=True,
+                   help="the trainer's output folder (TRAINER__nnUNetPlans__3d_fullres, holding fold_0)")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-mirroring", action="store_true")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    {"train": train, "predict": predict}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
