@@ -36,6 +36,11 @@ resumable: kill it and start it again):
    ``nxp2seg.evaluation`` (``load_evaluation_set`` + ``evaluate_segmentation``):
    Dice and HD95 per region on the native T1 grid, right/left swaps.
 
+An interrupted training resumes mid-stage: nxp2seg from ``checkpoints/last.ckpt``
+(``ckpt_path``), nnU-Net from ``checkpoint_latest.pth``; the CPU and wall seconds
+of the interrupted attempts up to their last checkpoint are added (their
+start-up is counted again; the part of an epoch cut off is redone).
+
 Every stage records wall seconds, CPU seconds (user + system of the process and its
 children, ``os.wait4``) and peak resident memory, and the machine's load average
 before and after: the machine may be shared, and CPU seconds are the fairer clock.
@@ -56,6 +61,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "benchmark_nnunet_runner.py"
@@ -87,6 +93,43 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None,
             "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 3),
             "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+class EpochUsage(pl.Callback):
+    """Writes the process's CPU and wall seconds at the end of every training epoch (``path``).
+
+    Lightning saves ``last.ckpt`` at the same moment, so an interrupted nxp2seg
+    training resumes from there and counts the compute up to it.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        t = os.times()
+        self.path.write_text(json.dumps({
+            "epoch": int(trainer.current_epoch) + 1, "cpu_s": t.user + t.system + t.children_user
+            + t.children_system, "wall_s": time.perf_counter() - self.t0}) + "\n")
+
+
+def _previous_attempts(state: Path, attempts: Path) -> list[dict]:
+    """Record an interrupted attempt's last checkpointed usage (``state``) in ``attempts``; return all."""
+    done = json.loads(attempts.read_text()) if attempts.is_file() else []
+    if state.is_file():
+        done.append(json.loads(state.read_text()))
+        attempts.write_text(json.dumps(done, indent=2) + "\n")
+        state.unlink()
+    return done
+
+
+def _add_attempts(usage: dict, previous: list[dict]) -> dict:
+    """This attempt's usage plus the checkpointed compute of the interrupted ones."""
+    if previous:
+        usage = {**usage, "cpu_s": round(usage["cpu_s"] + sum(a["cpu_s"] for a in previous), 2),
+                 "wall_s": round(usage["wall_s"] + sum(a["wall_s"] for a in previous), 2),
+                 "interrupted_attempts": previous}
+    return usage
 
 
 def machine() -> dict:
@@ -232,16 +275,27 @@ def seconds_per_exam(case_seconds: dict[str, float], cohort_dir: Path) -> dict:
 # -- nxp2seg ----------------------------------------------------------------------------------
 
 def run_nxp2seg(k: int, args, work: Path, cohort_dir: Path) -> dict:
+    """Train, predict with and without TTA, score; resumes an interrupted training from its last epoch."""
     py = sys.executable
     run_dir = work / f"nxp2seg_x{k}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished earlier try: start it again from scratch
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = run_dir / "usage.json"
+    if run_dir.exists() and not (last.is_file() and state.is_file()):
+        shutil.rmtree(run_dir)  # an unfinished try with nothing to resume: start again
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = _previous_attempts(state, run_dir / "attempts.json")
     epochs = args.epochs * k
     cmd = [py, "-m", "nxp2seg.train", f"data.cohort={cohort_dir}", f"output_dir={run_dir}",
            "grading=none", f"trainer.max_epochs={epochs}",
            f"trainer.check_val_every_n_epoch={max(1, epochs // 2)}", "test=false",
-           *args.nxp2seg_overrides]
-    train = run_measured(cmd, run_dir / "train.log", nice=args.nice)
+           "+callbacks.benchmark_usage._target_=benchmark_nnunet.EpochUsage",
+           f"+callbacks.benchmark_usage.path={state}", *args.nxp2seg_overrides]
+    if previous:
+        cmd.append(f"ckpt_path={last}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")])}
+    train = _add_attempts(run_measured(cmd, run_dir / f"train{len(previous) or ''}.log", env=env,
+                                       nice=args.nice), previous)
     validation = json.loads((run_dir / "bundle" / "validation.json").read_text())
     result: dict = {"system": "nxp2seg", "budget": k, "train": {
         **train, "command": " ".join(cmd[1:]), "max_epochs": epochs,
@@ -297,16 +351,25 @@ def run_nnunet_plan(args, work: Path) -> dict:
 
 def run_nnunet(k: int, args, work: Path, cohort_dir: Path, budget_cpu_s: float) -> dict:
     run_dir = work / f"nnunet_x{k}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    model = run_dir / "model" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    state = model / "fold_0" / "budget_state.json"
+    if run_dir.exists() and not ((model / "fold_0" / "checkpoint_latest.pth").is_file() and state.is_file()):
+        shutil.rmtree(run_dir)  # an unfinished try with nothing to resume: start again
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((run_dir / "attempts.json").read_text()) if (run_dir / "attempts.json").is_file() else []
+    if state.is_file():  # the runner resumes from checkpoint_latest.pth and this state itself
+        previous.append(json.loads(state.read_text()))
+        (run_dir / "attempts.json").write_text(json.dumps(previous, indent=2) + "\n")
     env = nnunet_env(work, results=run_dir / "model")
     export = json.loads((work / "results" / "export.json").read_text())
     cmd = [args.nnunet_python, str(RUNNER), "train", "--dataset", str(DATASET_ID), "--budget-cpu-s",
            f"{budget_cpu_s:.1f}", "--lr-axis", str(export["lr_axis"]), "--threads", str(args.processes)]
     cmd += ["--mirror-lr"] if args.nnunet_mirror_lr else []
-    train = run_measured(cmd, run_dir / "train.log", env=env, nice=args.nice)
-    model = run_dir / "model" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres"
+    train = run_measured(cmd, run_dir / f"train{len(previous) or ''}.log", env=env, nice=args.nice)
+    if previous:  # the runner counted the checkpointed compute of the interrupted attempts in its budget
+        last = previous[-1]
+        train = {**train, "cpu_s": round(train["cpu_s"] + last["cpu_s"], 2),
+                 "wall_s": round(train["wall_s"] + last["wall_s"], 2), "interrupted_attempts": previous}
     info = json.loads((model / "fold_0" / "train_info.json").read_text())
     result: dict = {"system": "nnunet", "budget": k, "train": {
         **train, "command": " ".join(cmd[1:]), **info}}

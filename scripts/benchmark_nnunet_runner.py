@@ -21,7 +21,11 @@ Two commands:
   validation fold that ``nnUNetv2_train`` runs after training is not run (the
   benchmark scores the held-out test subjects instead). Writes
   ``train_info.json`` (epochs, iterations, CPU and wall seconds) beside the
-  checkpoint.
+  checkpoint. ``checkpoint_latest.pth`` and ``budget_state.json`` (the CPU and
+  wall seconds and iterations up to it) are written after every epoch; a run
+  started again on the same folder resumes there, its budget counting the
+  compute checkpointed before (the part of an epoch cut off is redone, not
+  counted).
 
   The trainer is instantiated here rather than through ``nnUNetv2_train -tr``:
   nnU-Net 2.8's trainer lookup imports every trainer module, the Primus ones
@@ -90,7 +94,9 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         self.num_iterations_per_epoch = 50
         self.num_val_iterations_per_epoch = 10
         self.num_epochs = 1_000_000  # the budget ends training, not the epoch count
+        self.save_every = 1  # checkpoint_latest.pth after every epoch: an interrupted run resumes there
         self.iterations = 0
+        self.prior_cpu_s = self.prior_wall_s = 0.0  # checkpointed compute of interrupted attempts
         self._t0 = time.perf_counter()
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
@@ -103,7 +109,27 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         return rot, dummy_2d, initial_patch, mirror_axes
 
     def used(self) -> float:
-        return process_tree_cpu_s()
+        return self.prior_cpu_s + process_tree_cpu_s()
+
+    def wall(self) -> float:
+        return self.prior_wall_s + time.perf_counter() - self._t0
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        state = {"cpu_s": round(self.used(), 2), "wall_s": round(self.wall(), 2),
+                 "iterations": self.iterations, "epoch": self.current_epoch + 1}
+        Path(self.output_folder, "budget_state.json").write_text(json.dumps(state) + "\n")
+
+    def resume(self) -> bool:
+        """Continue an interrupted run from ``checkpoint_latest.pth`` and its budget state."""
+        ckpt, state = Path(self.output_folder, "checkpoint_latest.pth"), Path(self.output_folder, "budget_state.json")
+        if not (ckpt.is_file() and state.is_file()):
+            return False
+        prior = json.loads(state.read_text())
+        self.load_checkpoint(str(ckpt))
+        self.prior_cpu_s, self.prior_wall_s, self.iterations = prior["cpu_s"], prior["wall_s"], prior["iterations"]
+        self.print_to_log_file(f"resumed at epoch {self.current_epoch}: {prior}")
+        return True
 
     def on_train_epoch_start(self):  # the base class would step its epoch-wise poly schedule
         self.network.train()
@@ -146,7 +172,7 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         ema = emas[-1] if emas else None
         info = {"iterations": self.iterations, "epochs": self.current_epoch,
                 "iterations_per_epoch": self.num_iterations_per_epoch,
-                "cpu_s_at_stop": round(self.used(), 1), "wall_s_in_trainer": round(time.perf_counter() - self._t0, 1),
+                "cpu_s_at_stop": round(self.used(), 1), "wall_s_in_trainer": round(self.wall(), 1),
                 "budget_cpu_s": self.budget_cpu_s, "ema_pseudo_dice": None if ema is None else float(ema),
                 "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size),
                 "mirror_axes": list(self.inference_allowed_mirroring_axes or ()),
@@ -171,6 +197,7 @@ def train(args) -> None:
     nnUNetTrainerCPUBudget.budget_cpu_s = args.budget_cpu_s
     nnUNetTrainerCPUBudget.lr_axis = None if args.mirror_lr else args.lr_axis
     trainer = nnUNetTrainerCPUBudget(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.resume()
     trainer.run_training()
     print(f"model: {trainer.output_folder_base}")
 
