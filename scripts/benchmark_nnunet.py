@@ -67,6 +67,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "benchmark_nnunet_runner.py"
 DATASET_ID = 521
 DATASET_NAME = f"Dataset{DATASET_ID:03d}_nxp2segPhantom"
+#: Every stage of both systems runs with OpenMP threads that sleep at barriers instead of
+#: spinning (``--omp-wait-policy``): on a shared, oversubscribed machine a spinning thread
+#: burns CPU while its partner is descheduled, and a 2-thread conv3d step then costs ~6x the CPU
+#: and ~9x the wall time (measured on the project's machine at load 9-10, nice 10).
+OMP_WAIT_POLICY = "PASSIVE"
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -78,6 +83,9 @@ def run_measured(cmd: list[str], log: Path, env: dict[str, str] | None = None,
     Raises ``RuntimeError`` naming the log when the command fails.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ if env is None else env)
+    if OMP_WAIT_POLICY:
+        env["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
@@ -469,7 +477,15 @@ def main() -> None:
     ap.add_argument("--nxp2seg-overrides", nargs="*", default=[],
                     help="extra Hydra overrides of every nxp2seg training (e.g. experiment=smoke)")
     ap.add_argument("--json-dir", type=Path, help="copy the result JSONs and the table here")
+    ap.add_argument("--report", action="store_true",
+                    help="run nothing: the table and summary of the stages finished so far")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY of every stage ('' leaves the environment's)")
     args = ap.parse_args()
+    global OMP_WAIT_POLICY
+    OMP_WAIT_POLICY = args.omp_wait_policy
+    if args.report:
+        return report(args)
     if "nnunet" in args.systems and not (args.nnunet_python and Path(args.nnunet_python).is_file()):
         sys.exit("--nnunet-python: give the python of a venv with nnunetv2 installed "
                  "(see docs/benchmarks/nnunet.md)")
@@ -488,10 +504,15 @@ def main() -> None:
             budget = max(k * base["train"]["cpu_s"] - plan["cpu_s"], 1.0)
             done[f"nnunet_x{k}"] = _stage(results_dir, f"nnunet_x{k}", run_nnunet, k, args, work,
                                           cohort_dir, budget)
+    write_summary(args, work, export, base, done)
+
+
+def write_summary(args, work: Path, export: dict, base: dict | None, done: dict[str, dict]) -> None:
+    results_dir = work / "results"
     summary = {"machine": machine(), "cohort": {"preset": args.preset, "subjects": args.subjects,
                                                 "seed": args.seed, "train_cases": export["train"],
                                                 "test_cases": export["test"]},
-               "nxp2seg_budget_cpu_s": base["train"]["cpu_s"],
+               "nxp2seg_budget_cpu_s": base["train"]["cpu_s"] if base else None,
                "runs": done, "table": table(done)}
     for extra in ("export", "nnunet_plan"):
         if (results_dir / f"{extra}.json").is_file():
@@ -503,6 +524,17 @@ def main() -> None:
         for p in sorted(results_dir.glob("*.json")):
             shutil.copyfile(p, args.json_dir / p.name)
         shutil.copyfile(work / "summary.json", args.json_dir / "summary.json")
+
+
+def report(args) -> None:
+    """The table of the stages finished so far (``--report``): nothing is run."""
+    work = args.workdir.resolve()
+    results = work / "results"
+    if not (results / "export.json").is_file():
+        sys.exit(f"{results}: no finished stage yet")
+    done = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*_x*.json"))}
+    base = done.get("nxp2seg_x1")
+    write_summary(args, work, json.loads((results / "export.json").read_text()), base, done)
 
 
 if __name__ == "__main__":
