@@ -135,12 +135,13 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         self.network.train()
         self.print_to_log_file(f"\nEpoch {self.current_epoch}")
 
-    def _set_lr(self) -> None:
+    def _set_lr(self, first: bool) -> None:
         frac = min(self.used() / self.budget_cpu_s, 1.0)
         lr = self.initial_lr * (1.0 - frac) ** 0.9
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.logger.log("lrs", lr, self.current_epoch)
+        if first:  # nnU-Net's logger keeps one value per epoch
+            self.logger.log("lrs", lr, self.current_epoch)
 
     def run_training(self):
         self.on_train_start()
@@ -149,8 +150,8 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
             self.on_epoch_start()
             self.on_train_epoch_start()
             outputs = []
-            for _ in range(self.num_iterations_per_epoch):
-                self._set_lr()
+            for i in range(self.num_iterations_per_epoch):
+                self._set_lr(first=i == 0)
                 outputs.append(self.train_step(next(self.dataloader_train)))
                 self.iterations += 1
                 if self.used() >= self.budget_cpu_s:
