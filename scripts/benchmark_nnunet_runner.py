@@ -12,9 +12,9 @@ Two commands:
   training process and its data-augmentation workers reach ``S``, and the poly
   learning-rate schedule ``lr = 0.01 (1 - used / S)^0.9`` runs over that budget
   (set before every iteration) instead of over 1000 epochs of 250 iterations,
-  so a short run still anneals. Epochs are 50 training + 10 validation
-  iterations (nnU-Net's 250 + 50 in the same ratio) so the pseudo-Dice is
-  logged more than once. Mirroring: nnU-Net mirrors every axis in training and
+  so a short run still anneals. Epochs are 10 training + 2 validation
+  iterations (nnU-Net's 250 + 50 in the same ratio) so that the pseudo-Dice
+  is logged, and a checkpoint written, more than once within a budget. Mirroring: nnU-Net mirrors every axis in training and
   at inference; the labels are sided (right and left compartments), so the
   right-left axis ``A`` (nnU-Net's array order before ``transpose_forward``) is
   taken out of both unless ``--mirror-lr``. The final validation of the
@@ -91,8 +91,10 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
                  device: torch.device | None = None):
         # nnU-Net records its init arguments by these names (inspect.signature)
         super().__init__(plans, configuration, fold, dataset_json, device or torch.device("cpu"))
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
+        # short epochs: one nnU-Net iteration costs ~45 CPU s here, and the checkpoint an interrupted
+        # run resumes from is written at the end of an epoch
+        self.num_iterations_per_epoch = 10
+        self.num_val_iterations_per_epoch = 2
         self.num_epochs = 1_000_000  # the budget ends training, not the epoch count
         self.save_every = 1  # checkpoint_latest.pth after every epoch: an interrupted run resumes there
         self.iterations = 0
