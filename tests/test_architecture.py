@@ -69,3 +69,17 @@ def test_segmenter_inference_defaults_are_the_configs():
 
     seg = Segmenter(net=None, loss=None, optimizer=None)
     assert seg.inference_cfg == packaged_defaults("model/segmenter.yaml", "inference")
+
+
+def test_every_package_has_a_layer():
+    """A new top-level module or package must be placed in the layer contract (pyproject.toml)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
+
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    placed = {m.strip() for layer in contract["layers"] for m in layer.replace(":", "|").split("|")}
+    top = {f"nxp2seg.{p.stem if p.is_file() else p.name}" for p in SRC.iterdir()
+           if (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))
+           or (p.is_dir() and (p / "__init__.py").exists())}
+    missing = sorted(top - placed)
+    assert not missing, (f"{missing} are in no layer: add each to the layers of [tool.importlinter] in "
+                         "pyproject.toml (see docs/architecture.md)")
