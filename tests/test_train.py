@@ -151,6 +151,22 @@ def test_fast_dev_run_writes_bundle(train_overrides):
     assert bundle.manifest["network"]["kwargs"]["out_channels"] == 16
 
 
+def test_train_is_three_plain_steps(train_overrides, tmp_path):
+    """fit_segmenter -> fit_grading_head -> export_bundle, each callable on its own."""
+    from nxp2seg.models.bundle import load_bundle
+    from nxp2seg.train import export_bundle, fit_grading_head, fit_segmenter, setup_data, setup_run
+
+    cfg = compose_train([*train_overrides, "debug=fdr", "grading=none"])
+    setup_run(cfg)
+    dm = setup_data(cfg)
+    fit = fit_segmenter(cfg, dm)
+    assert fit.trainer.global_step == 1 and "val" in fit.validation and fit.grader_spec is None
+    assert fit_grading_head(cfg, dm, fit) is None  # grading=none: segmentation only
+    out = export_bundle(cfg, dm, fit, None, tmp_path / "bundle")
+    bundle = load_bundle(out)
+    assert not bundle.has_grading and bundle.preprocessing == dm.preprocessing
+
+
 def _quiet(overrides: list[str]) -> list[str]:
     return [*overrides, "callbacks=none", "validate_best=false", "test=false"]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,26 @@ from omegaconf import DictConfig, OmegaConf
 from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis, side_lut
 
 __all__ = [
-    "train",
-    "main",
-    "build_network",
+    "GradingFit",
+    "SegmenterFit",
     "build_grader",
+    "build_network",
+    "export_bundle",
+    "fit_grading_head",
+    "fit_segmenter",
     "grading_enabled",
     "grading_mode",
+    "main",
+    "setup_data",
+    "setup_run",
     "summarize_metrics",
+    "train",
 ]
 
 log = logging.getLogger(__name__)
+# Package imports of the heavy layers (torch, Lightning, MONAI, the models) are inside the functions
+# that use them: `import nxp2seg.train` takes 2.9 s, 23 s with them at module top (wall time on
+# this 2-core machine, shared), paid by every `--help` and every refused override.
 
 
 def _instantiate_dict(node: DictConfig | None) -> list[Any]:
@@ -221,28 +232,44 @@ def run_grading_stage(
     return spec, result
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
+@dataclass
+class SegmenterFit:
+    """What :func:`fit_segmenter` returns: the fitted module and what the bundle records of it.
 
-    Steps: seed; data module (generates the phantom if needed, splits by
-    subject, plans preprocessing); network for that plan; module; callbacks,
-    loggers, trainer; fit (resuming from ``cfg.ckpt_path`` restores optimizer,
-    scheduler and loop state); load the best checkpoint's weights; validate
-    them and score the held-out test subjects; with ``grading=staged``, train the grading
-    head on the frozen network's features (:func:`run_grading_stage`); write the bundle
-    to ``cfg.bundle_dir``.
-
-    Returns:
-        ``(metrics, objects)``: the last logged metrics (``train/loss``,
-        ``val/dice_mean``, ``test/dice_mean``, ...) as floats, and ``cfg``,
-        ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``,
-        ``bundle_dir``, ``validation``, ``grading_stage`` (the
-        :class:`~nxp2seg.models.grading_stage.StageResult` with ``grading=staged``, else ``None``).
+    Attributes:
+        model: the LightningModule (:class:`~nxp2seg.models.myositis.MyositisModel`), the best
+            checkpoint's weights loaded.
+        net_spec: the network's rebuild spec (bundle ``network``).
+        grader_spec: the jointly trained grader's rebuild spec (``grading=head``), else ``None``.
+        trainer, callbacks, loggers: the Lightning objects of the fit.
+        metrics: the last logged metrics as floats (``train/loss``, ``val/dice_mean``, ...).
+        validation: the bundle's ``validation.json`` so far (best checkpoint, ``val``, ``test``, ``data``).
     """
+
+    model: Any
+    net_spec: dict[str, Any]
+    grader_spec: dict[str, Any] | None
+    trainer: Any
+    callbacks: list[Any]
+    loggers: list[Any]
+    metrics: dict[str, float]
+    validation: dict[str, Any]
+
+
+@dataclass
+class GradingFit:
+    """What :func:`fit_grading_head` returns: the grader's rebuild spec and the stage's
+    :class:`~nxp2seg.models.grading_stage.StageResult` (the grader is attached to the model)."""
+
+    grader_spec: dict[str, Any]
+    result: Any
+
+
+def setup_run(cfg: DictConfig) -> Path:
+    """Seed and thread settings of the run; the output folder (created)."""
     import pytorch_lightning as pl
     import torch
 
-    from nxp2seg.models.bundle import write_bundle
     from nxp2seg.runtime import keep_freed_memory
 
     keep_freed_memory()  # no page faults on every step's activations (nxp2seg.runtime)
@@ -254,28 +281,43 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         pl.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
 
+
+def setup_data(cfg: DictConfig) -> Any:
+    """The data module of ``cfg.data``: cohort prepared (the phantom generated once), split by
+    subject, preprocessing planned."""
     log.info("data <%s>", cfg.data._target_)
-    mode = grading_mode(cfg)
-    grading = mode == "joint"
-    data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": grading}
+    joint = grading_mode(cfg) == "joint"
+    data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": joint}
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     datamodule.prepare_data()
     datamodule.setup("fit")
     prep = datamodule.preprocessing
-    log.info(
-        "preprocessing: spacing %s mm, patch %s, canvas %s",
-        prep.target_spacing,
-        prep.patch_size,
-        prep.canvas_size,
-    )
+    log.info("preprocessing: spacing %s mm, patch %s, canvas %s", prep.target_spacing,
+             prep.patch_size, prep.canvas_size)
+    return datamodule
 
+
+def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
+    """Fit the segmenter of ``cfg.model`` on ``datamodule`` and score its best weights.
+
+    Builds the network for the planned preprocessing, the module, callbacks,
+    loggers and trainer; fits (resuming from ``cfg.ckpt_path`` restores
+    optimizer, scheduler and loop state); loads the best checkpoint's weights;
+    validates them (``validate_best``) and scores the held-out test subjects (``test``).
+    """
+    import pytorch_lightning as pl
+
+    from nxp2seg.models.myositis import size_divisor_of
+
+    prep = datamodule.preprocessing
     net, net_spec = build_network(cfg, datamodule)
-    grader, grader_spec = build_grader(cfg, datamodule, net) if grading else (None, None)
+    mode = grading_mode(cfg)
+    grader_spec = None
     extra: dict[str, Any] = {"grading": None} if mode == "staged" else {}
-    if grading:
-        from nxp2seg.models.myositis import size_divisor_of
-
+    if mode == "joint":  # the grading head trains with the segmenter
+        grader, grader_spec = build_grader(cfg, datamodule, net)
         extra = {
             "grading": grader,
             "grade_scale": datamodule.grade_scale.name,
@@ -295,17 +337,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         side_lut=[int(v) for v in side_lut(datamodule.schema)],
         **extra,
     )
-
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False
-    )
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(
-            {**OmegaConf.to_container(cfg, resolve=True), "preprocessing": prep.to_dict()}
-        )
-
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "preprocessing": prep.to_dict()})
     trainer.fit(
         model=model,
         datamodule=datamodule,
@@ -313,90 +349,124 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         weights_only=True,  # checkpoints hold tensors and plain values only: never unpickle code
     )
     metrics = _floats(dict(trainer.callback_metrics))
-
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
-    score = getattr(ckpt_cb, "best_model_score", None) if best else None
-    if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
-        score = getattr(ckpt_cb, "best_model_score", None)
-        log.info(
-            "best checkpoint: %s (val/dice_mean %.4f)",
-            best,
-            float(score) if score is not None else float("nan"),
-        )
-    validation: dict[str, Any] = {
-        "best_checkpoint": best or None,
-        "epoch": int(trainer.current_epoch),
-        "global_step": int(trainer.global_step),
-    }
-    last_val = metrics.get("val/dice_mean")
-    best_is_last = (
-        score is not None and last_val is not None and math.isclose(float(score), float(last_val), rel_tol=1e-9)
-    ) if best else False
-    if cfg.get("validate_best", True) and not trainer.fast_dev_run and not best_is_last:
-        metrics.update(
-            _floats(trainer.validate(model=model, datamodule=datamodule, verbose=False)[0])
-        )
+    validation, best_is_last = _load_best(trainer, model)
+    if cfg.get("validate_best", True) and not trainer.fast_dev_run and not best_is_last(metrics):
+        metrics.update(_floats(trainer.validate(model=model, datamodule=datamodule, verbose=False)[0]))
     validation["val"] = summarize_metrics(metrics, "val")
     if cfg.get("test", True) and datamodule.has_test_cases() and not trainer.fast_dev_run:
         metrics.update(_floats(trainer.test(model=model, datamodule=datamodule, verbose=False)[0]))
         validation["test"] = summarize_metrics(metrics, "test")
     validation["data"] = datamodule.describe()
-    stage_result = None
-    if mode == "staged" and trainer.is_global_zero and not datamodule.grading_items("train"):
+    return SegmenterFit(model, net_spec, grader_spec, trainer, callbacks, loggers, metrics, validation)
+
+
+def _load_best(trainer: Any, model: Any) -> tuple[dict[str, Any], Any]:
+    """Load the best checkpoint's weights into ``model``; the validation record and a test of
+    whether the best epoch is the last one (then validating again would repeat it)."""
+    import torch
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    score = getattr(ckpt_cb, "best_model_score", None) if best else None
+    if best:
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        log.info("best checkpoint: %s (val/dice_mean %.4f)", best,
+                 float(score) if score is not None else float("nan"))
+    validation = {"best_checkpoint": best or None, "epoch": int(trainer.current_epoch),
+                  "global_step": int(trainer.global_step)}
+
+    def best_is_last(metrics: dict[str, float]) -> bool:
+        last = metrics.get("val/dice_mean")
+        return bool(best) and score is not None and last is not None and math.isclose(
+            float(score), float(last), rel_tol=1e-9)
+
+    return validation, best_is_last
+
+
+def fit_grading_head(cfg: DictConfig, datamodule: Any, fit: SegmenterFit) -> GradingFit | None:
+    """Train the grading head on the fitted segmenter's frozen features (``grading=staged``; on
+    rank 0), or ``None``.
+
+    Skipped, with a warning in the log and ``validation.grading_stage``, when the
+    cohort has no graded training case. Adds the stage's figures to
+    ``fit.metrics`` and ``fit.validation``.
+    """
+    if grading_mode(cfg) != "staged" or not fit.trainer.is_global_zero:
+        return None
+    if not datamodule.grading_items("train"):
         log.warning(
             "grading=staged but the cohort has no graded training case (grades.csv): the grading "
             "stage is skipped and the bundle segments only. Add the readers' grades to grade."
         )
-        validation["grading_stage"] = {"skipped": "no graded training case"}
-    elif mode == "staged" and trainer.is_global_zero:
-        grader_spec, stage_result = run_grading_stage(
-            cfg,
-            datamodule,
-            model,
-            fast_dev_run=bool(trainer.fast_dev_run),
-            device=trainer.strategy.root_device,
-            unseen_dice=metrics.get("val/dice_mean"),
-        )
-        for split, values in stage_result.metrics.items():
-            validation.setdefault(split, {}).update(values)
-            metrics.update({f"{split}/{k}": v for k, v in values.items()})
-        validation["grading_stage"] = stage_result.summary
+        fit.validation["grading_stage"] = {"skipped": "no graded training case"}
+        return None
+    grader_spec, result = run_grading_stage(
+        cfg,
+        datamodule,
+        fit.model,
+        fast_dev_run=bool(fit.trainer.fast_dev_run),
+        device=fit.trainer.strategy.root_device,
+        unseen_dice=fit.metrics.get("val/dice_mean"),
+    )
+    for split, values in result.metrics.items():
+        fit.validation.setdefault(split, {}).update(values)
+        fit.metrics.update({f"{split}/{k}": v for k, v in values.items()})
+    fit.validation["grading_stage"] = result.summary
+    return GradingFit(grader_spec, result)
 
+
+def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: GradingFit | None,
+                  bundle_dir: Path) -> Path:
+    """Write the model bundle (the network, with the grader when there is one) and print its path
+    and headline figures."""
+    from nxp2seg.models.bundle import write_bundle
+
+    write_bundle(
+        bundle_dir,
+        fit.model.to("cpu"),  # the network (+ the grader): net.*, grader.*
+        config=cfg,
+        dataset=datamodule.cohort.dataset,
+        preprocessing=datamodule.preprocessing,
+        validation=fit.validation,
+        network=fit.net_spec,
+        grader=grading.grader_spec if grading is not None else fit.grader_spec,
+    )
+    print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
+    summary = {k: fit.validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
+    print(f"nxp2seg: dice_mean {json.dumps(summary)}")
+    if grading_mode(cfg) != "none":
+        keys = ("edema_kappa_quadratic", "edema_icc", "pattern_kappa", "station_score_icc")
+        figures = {k: {m: fit.validation.get(k, {}).get(m) for m in keys} for k in ("val", "test")}
+        print(f"nxp2seg: grading {json.dumps(figures)}")
+    return bundle_dir
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
+
+    :func:`setup_data` -> :func:`fit_segmenter` -> :func:`fit_grading_head` ->
+    :func:`export_bundle` (to ``cfg.bundle_dir``, on rank 0).
+
+    Returns:
+        ``(metrics, objects)``: the last logged metrics (``train/loss``,
+        ``val/dice_mean``, ``test/dice_mean``, ...) as floats, and ``cfg``,
+        ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``,
+        ``bundle_dir``, ``validation``, ``grading_stage`` (the
+        :class:`~nxp2seg.models.grading_stage.StageResult` with ``grading=staged``, else ``None``).
+    """
+    output_dir = setup_run(cfg)
+    datamodule = setup_data(cfg)
+    fit = fit_segmenter(cfg, datamodule)
+    grading = fit_grading_head(cfg, datamodule, fit)
     bundle_dir = Path(cfg.get("bundle_dir") or output_dir / "bundle")
-    if trainer.is_global_zero:
-        model_cpu = model.to("cpu")
-        write_bundle(
-            bundle_dir,
-            model_cpu,
-            config=cfg,
-            dataset=datamodule.cohort.dataset,
-            preprocessing=prep,
-            validation=validation,
-            network=net_spec,
-            grader=grader_spec,
-        )
-        print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
-        summary = {k: validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
-        print(f"nxp2seg: dice_mean {json.dumps(summary)}")
-        if mode != "none":
-            keys = ("edema_kappa_quadratic", "edema_icc", "pattern_kappa", "station_score_icc")
-            graded = {k: {m: validation.get(k, {}).get(m) for m in keys} for k in ("val", "test")}
-            print(f"nxp2seg: grading {json.dumps(graded)}")
+    if fit.trainer.is_global_zero:
+        export_bundle(cfg, datamodule, fit, grading, bundle_dir)
     objects = {
-        "cfg": cfg,
-        "datamodule": datamodule,
-        "model": model,
-        "trainer": trainer,
-        "callbacks": callbacks,
-        "loggers": loggers,
-        "bundle_dir": bundle_dir,
-        "validation": validation,
-        "grading_stage": stage_result,
+        "cfg": cfg, "datamodule": datamodule, "model": fit.model, "trainer": fit.trainer,
+        "callbacks": fit.callbacks, "loggers": fit.loggers, "bundle_dir": bundle_dir,
+        "validation": fit.validation, "grading_stage": grading.result if grading else None,
     }
-    return metrics, objects
+    return fit.metrics, objects
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
