@@ -451,3 +451,11 @@ def test_duplicate_slices_are_named_with_their_folders(tmp_path):
     (info,) = find_series(tmp_path)
     with pytest.raises(DicomError, match=r"duplicate slice position\(s\), e\.g\. a/IM0001 and b/IM0001"):
         check_series(info)
+
+
+def test_private_text_drops_the_folders_above_an_exam():
+    from nxp2seg.inference.inputs import CaseInput, private_text
+
+    case = CaseInput("c", "c", None, None, None, "dicom", root=Path("/data/in"), folder=Path("/data/in/DOE_J"))
+    text = "/data/in/DOE_J/t1: IM1; /data/in/DOE_JX/a; /data/input2/b; /data/in/DOE_J: x; /data/in"
+    assert private_text(text, case) == "t1: IM1; DOE_JX/a; /data/input2/b; .: x; ."

@@ -140,7 +140,8 @@ def private_text(text: str, case: CaseInput) -> str:
     for base in (case.folder, case.root):
         if base is None or str(base) in ("", ".", "/"):
             continue
-        text = text.replace(f"{base}/", "").replace(str(base), ".")
+        text = text.replace(f"{base}/", "")
+        text = re.sub(re.escape(str(base)) + r"(?![\w.-])", ".", text)  # the folder itself, not a longer name
     return text
 
 
