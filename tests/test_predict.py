@@ -167,6 +167,10 @@ def test_segmentation_lands_on_the_t1_grid_and_the_right_anatomy(trained_bundle,
     assert len(regions) == 6 * len(truth) and (regions["volume_ml"] > 0).all()
     report = json.loads((tmp_path / "out" / "lps_thigh" / "report.json").read_text())
     assert report["geometry"]["t1"]["axis_codes"] == "LPS" and report["status"] == "ok"
+    manifest = json.loads((trained_bundle / "bundle.json").read_text())
+    assert report["model"]["version"] == manifest["package_version"] is not None
+    assert report["model"]["commit"] == manifest["git"]["commit"]
+    assert report["model"]["commit_dirty"] == manifest["git"]["dirty"]
     assert (tmp_path / "out" / "lps_thigh" / "qc.png").stat().st_size > 1000
     assert (tmp_path / "out" / "labels.ctbl").exists() and (tmp_path / "out" / "labels_itksnap.txt").exists()
 

@@ -25,7 +25,7 @@ from nxp2seg.config_utils import load_cli_config
 
 import nxp2seg
 
-__all__ = ["load_config", "main", "predict"]
+__all__ = ["load_config", "main", "model_description", "predict"]
 
 # Package imports of the heavy layers (torch, MONAI, Lightning) are inside the functions that use
 # them: `python -X importtime` / wall time on this 2-core machine (shared, load ~12):
@@ -57,6 +57,17 @@ def _bundle_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def model_description(bundle: Any, path: str | Path) -> dict[str, Any]:
+    """What each ``report.json`` records about the model: the bundle's folder, the nxp2seg
+    version and git commit that trained it (``bundle.json``: ``package_version``,
+    ``git.commit``, ``git.dirty``), whether it grades, and its grade scale."""
+    manifest = bundle.manifest
+    git = manifest.get("git") or {}
+    return {"bundle": str(Path(path).resolve()), "version": manifest.get("package_version"),
+            "commit": git.get("commit"), "commit_dirty": git.get("dirty"),
+            "grading": bundle.has_grading, "grade_scale": bundle.grade_scale.name}
+
+
 def predict(cfg: DictConfig) -> Any:
     """Run a prediction batch from a config; returns the :class:`~nxp2seg.inference.batch.BatchSummary`."""
     import torch
@@ -81,9 +92,8 @@ def predict(cfg: DictConfig) -> Any:
     roots = [Path(cfg.input)] if cfg.input and Path(cfg.input).is_dir() else []
     roots += sorted({p.parent if p.is_file() else p for c in cases for p in (c.t1, c.stir) if p is not None})
     out = check_output(Path(cfg.output), roots)
-    model_info = {"bundle": str(Path(cfg.model).resolve()), "version": bundle.manifest.get("version"),
-                  "commit": bundle.manifest.get("commit"), "grading": bundle.has_grading,
-                  "grade_scale": bundle.grade_scale.name, "bundle_hash": _bundle_hash(bundle.manifest)}
+    model_info = model_description(bundle, cfg.model)
+    model_info["bundle_hash"] = _bundle_hash(bundle.manifest)
     model_info["algorithm_version"] = f"{nxp2seg.__version__} bundle {model_info['bundle_hash']}"
 
     def factory() -> Predictor:
