@@ -12,8 +12,13 @@ Two label levels exist:
   each graded region (compartment and side) lists its member muscle labels,
   which is the roll-up that turns a muscle map into a compartment map.
 
-Grades are read per *region* (a compartment of one side), e.g.
-``thigh_anterior_right``; region names are the same at both label levels.
+Grades are read per *region*: by default a compartment of one side, e.g.
+``thigh_anterior_right``, whose names are the same at both label levels. A
+muscle-level schema may instead grade **every muscle** (``graded_level`` =
+``"muscle"``): each region is one muscle of one side, e.g.
+``thigh_semimembranosus_right``, and carries its compartment, so that muscle
+grades roll up to the compartments (:meth:`LabelSchema.compartment_schema`,
+``grading.tables.rollup_regions``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "region_name",
     "STRUCTURES",
     "STRUCTURE_SIDES",
+    "muscle_region_name",
     "SchemaError",
 ]
 
@@ -233,16 +239,22 @@ def region_name(station: str, compartment: str, side: str) -> str:
     return f"{station}_{compartment}_{side}"
 
 
+def muscle_region_name(station: str, muscle: str, side: str) -> str:
+    """Canonical name of a muscle graded as a region, e.g. ``thigh_semimembranosus_right``."""
+    return f"{station}_{muscle}_{side}"
+
+
 @dataclass(frozen=True)
 class Region:
-    """A graded region: one compartment of one leg at one station.
+    """A graded region: one compartment (or one muscle) of one leg at one station.
 
     Attributes:
-        name: e.g. ``thigh_anterior_right``.
+        name: e.g. ``thigh_anterior_right`` (or ``thigh_semimembranosus_right``).
         station: ``thigh`` or ``calf``.
-        compartment: e.g. ``anterior``.
+        compartment: e.g. ``anterior``; for a muscle, the compartment it rolls up to.
         side: the patient's side, ``right`` or ``left``.
         labels: label values (of the schema it belongs to) that make up the region.
+        muscle: the muscle, when the region is one muscle (``None`` for a compartment).
     """
 
     name: str
@@ -250,21 +262,31 @@ class Region:
     compartment: str
     side: str
     labels: tuple[int, ...]
+    muscle: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "compartment": self.compartment,
             "side": self.side,
             "station": self.station,
             "labels": list(self.labels),
         }
+        if self.muscle is not None:
+            d["muscle"] = self.muscle
+        return d
 
 
-def _default_regions_for(labels: Mapping[str, int], level: str) -> dict[str, Region]:
+def _default_regions_for(labels: Mapping[str, int], level: str, graded: str = "compartment"
+                         ) -> dict[str, Region]:
     regions: dict[str, Region] = {}
     for station in STATIONS:
         for side in SIDES:
             for comp in COMPARTMENTS[station]:
+                if graded == "muscle":
+                    for m in MUSCLES[station][comp]:
+                        name = muscle_region_name(station, m, side)
+                        regions[name] = Region(name, station, comp, side, (labels[f"{m}_{side}"],), m)
+                    continue
                 name = region_name(station, comp, side)
                 if level == "compartment":
                     members = (labels[name],)
@@ -367,6 +389,36 @@ class LabelSchema:
         """Graded region names, optionally of one station, in schema order."""
         return [n for n, r in self.regions.items() if station is None or r.station == station]
 
+    @property
+    def graded_level(self) -> str:
+        """``"muscle"`` when the graded regions are single muscles, else ``"compartment"``."""
+        return "muscle" if any(r.muscle is not None for r in self.regions.values()) else "compartment"
+
+    def compartment_schema(self) -> "LabelSchema":
+        """The schema whose regions are the compartments the graded regions roll up to.
+
+        Itself for a compartment-graded schema. For a muscle-graded one, one
+        region per (station, compartment, side), named like the default
+        compartment regions, whose labels are its muscles' labels; the label
+        values are unchanged.
+        """
+        if self.graded_level == "compartment":
+            return self
+        regions: dict[str, Region] = {}
+        for r in self.regions.values():
+            name = region_name(r.station, r.compartment, r.side)
+            prev = regions.get(name)
+            labels = (prev.labels if prev else ()) + tuple(v for v in r.labels
+                                                            if not prev or v not in prev.labels)
+            regions[name] = Region(name, r.station, r.compartment, r.side, labels)
+        order = [region_name(st, c, sd) for st in STATIONS for sd in SIDES for c in COMPARTMENTS[st]]
+        regions = {n: regions[n] for n in order if n in regions}
+        return LabelSchema(labels=dict(self.labels), regions=regions, level=self.level)
+
+    def rollup(self) -> dict[str, str]:
+        """Graded region -> the compartment region it rolls up to (identity for compartments)."""
+        return {n: region_name(r.station, r.compartment, r.side) for n, r in self.regions.items()}
+
     def station_labels(self, station: str) -> set[int]:
         """Label values that may appear in a case of ``station``."""
         vals = {0}
@@ -434,6 +486,7 @@ class LabelSchema:
                         compartment=r["compartment"],
                         side=r["side"],
                         labels=tuple(int(x) for x in r["labels"]),
+                        muscle=(str(r["muscle"]) if r.get("muscle") is not None else None),
                     )
                 except (KeyError, TypeError, ValueError) as e:
                     raise SchemaError(
@@ -463,7 +516,17 @@ def default_compartment_schema() -> LabelSchema:
     return LabelSchema(labels=labels, regions=_default_regions_for(labels, "compartment"), level="compartment")
 
 
-def default_muscle_schema() -> LabelSchema:
-    """The muscle-level schema (every muscle per side) with its roll-up to compartments."""
+def default_muscle_schema(graded: str = "compartment") -> LabelSchema:
+    """The muscle-level schema (every muscle per side) with its roll-up to compartments.
+
+    Args:
+        graded: ``"compartment"`` (default): the graded regions are the
+            compartments, each made of its muscles' labels; ``"muscle"``:
+            every muscle of each side is a graded region
+            (``thigh_semimembranosus_right``), rolling up to its compartment.
+    """
+    if graded not in ("compartment", "muscle"):
+        raise SchemaError(f"graded must be 'compartment' or 'muscle', not {graded!r}")
     labels = _muscle_labels()
-    return LabelSchema(labels=labels, regions=_default_regions_for(labels, "muscle"), level="muscle")
+    return LabelSchema(labels=labels, regions=_default_regions_for(labels, "muscle", graded),
+                       level="muscle")

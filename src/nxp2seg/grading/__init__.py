@@ -9,7 +9,7 @@ says what each output means in the readers' terms):
   :func:`readers_flag`;
 * :mod:`~nxp2seg.grading.tables`: long tables, for the model's and the
   readers' grades alike: :func:`scores_table`, :func:`rater_mean_targets`,
-  :func:`pattern_targets`.
+  :func:`pattern_targets`, :func:`rollup_regions`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from nxp2seg.grading.tables import (
     case_targets,
     pattern_targets,
     rater_mean_targets,
+    rollup_regions,
     scores_table,
     subject_scores,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "max_station_score",
     "max_total_score",
     "readers_flag",
+    "rollup_regions",
     "scores_table",
     "subject_scores",
     "case_targets",

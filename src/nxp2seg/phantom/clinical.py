@@ -85,6 +85,7 @@ class ClinicalConfig:
         "enzymes": ("ck", "ldh", "ast"), "inflammation": ("ferritin", "d_dimer")})
     residual_loading: float = 0.5  # share of a grouped variable's noise variance that is shared
     exact_sample_correlation: bool = True
+    group_column: str = "diagnosis"  # the subject's diagnosis, in cohorts with disease.groups
 
 
 _DECIMALS = {"ck": 0, "ldh": 0, "ast": 0, "ferritin": 1, "d_dimer": 2, "nse": 1, "nk_cells": 0,
@@ -143,9 +144,10 @@ def simulate_clinical(subjects: list[SubjectTruth], seed: int,
         cfg: targets and marginals (defaults: :class:`ClinicalConfig`).
 
     Returns:
-        One row per subject: ``subject_id, age, sex, bmi, vas, mmt8, ck, ldh,
-        ast, ferritin, d_dimer, nse, platelets, albumin, nk_cells, dysphagia,
-        ild, relapse, death``.
+        One row per subject: ``subject_id, age, sex, bmi`` (and the
+        diagnosis, ``group_column``, when the cohort has diagnosis groups),
+        ``vas, mmt8, ck, ldh, ast, ferritin, d_dimer, nse, platelets, albumin,
+        nk_cells, dysphagia, ild, relapse, death``.
     """
     cfg = cfg or ClinicalConfig()
     n = len(subjects)
@@ -161,6 +163,8 @@ def simulate_clinical(subjects: list[SubjectTruth], seed: int,
     out: dict[str, object] = {
         "subject_id": [s.subject_id for s in subjects], "age": [s.age for s in subjects],
         "sex": [s.sex for s in subjects], "bmi": [s.bmi for s in subjects]}
+    if any(s.group is not None for s in subjects):
+        out[cfg.group_column] = [s.group for s in subjects]
     for j, name in enumerate(names):
         e = noise[:, j]
         for gi, g in enumerate(groups):

@@ -58,6 +58,9 @@ class PhantomConfig:
     seed: int = 0
     label_level: str = "compartment"  # labelsTr level: "compartment" or "muscle"
     grade_scale: str = "beltrame6"  # readers' edema scale: "beltrame6" or "extent4"
+    # what the readers grade: "compartment" or "muscle" (every muscle of each side; needs
+    # label_level=muscle); null = as label_level
+    grade_level: str | None = None
     test_fraction: float = 0.2  # subjects held out (split=test)
     workers: int = 0  # processes; 0 = one per core
     overwrite: bool = False

@@ -129,6 +129,25 @@ class DiseaseConfig:
     age_severity_corr: float = -0.51  # gives Spearman(age, total score) ~ -0.35
     bmi_range: tuple[float, float] = (18.0, 38.0)
     bmi_mean_sd: tuple[float, float] = (24.0, 4.0)
+    # -- per-muscle edema on extent4 and diagnosis groups (nxp2seg.phantom.muscles) --------
+    groups: dict[str, float] = _const({})  # diagnosis -> relative size, e.g. {DM: 11, IMNM: 14}
+    group_muscle_shift: dict[str, dict[str, float]] = _const({  # latent shift per muscle (004)
+        "DM": {"sartorius": 1.0, "rectus_femoris": 0.8, "vastus_lateralis": 1.5,
+               "vastus_medialis": 1.2, "vastus_intermedius": 1.5, "gracilis": 1.0,
+               "adductor_longus": -1.2, "adductor_brevis": -1.2, "adductor_magnus": -1.2,
+               "biceps_femoris_long_head": -1.3, "biceps_femoris_short_head": 1.0,
+               "semimembranosus": -1.5, "semitendinosus": 1.2},
+        "IMNM": {"sartorius": -0.8, "rectus_femoris": 0.8, "vastus_lateralis": -1.0,
+                 "vastus_medialis": -0.8, "vastus_intermedius": -1.0, "gracilis": -0.8,
+                 "adductor_longus": 1.3, "adductor_brevis": 1.3, "adductor_magnus": 1.3,
+                 "biceps_femoris_long_head": 1.5, "biceps_femoris_short_head": -0.8,
+                 "semimembranosus": 1.8, "semitendinosus": -0.8}})
+    muscle_base: dict[str, float] = _per_station(0.3, 0.0)  # latent intercept per station
+    muscle_severity: float = 0.6  # latent weight of the station severity
+    muscle_cuts: tuple[float, float, float] = (-0.3, 0.5, 1.3)  # latent -> extent4 grade 0..3
+    muscle_side_asymmetry: float = 0.2  # one side one grade off
+    muscle_fraction: dict[str, tuple[float, float]] = _const(
+        {"focal": (0.05, 0.25), "segmented": (0.35, 0.70), "global": (0.80, 1.00)})
 
 
 @dataclass
@@ -150,6 +169,10 @@ class RegionTruth:
     fat_fraction: float
     fascial_edema: bool
     subcutaneous_edema: bool
+    # muscle-level cohorts (nxp2seg.phantom.muscles): edema fraction and foci of each muscle of
+    # the compartment (MUSCLES order), which the renderer then places muscle by muscle
+    muscle_fractions: tuple[float, ...] | None = None
+    muscle_foci: tuple[int, ...] | None = None
 
     @property
     def edema_grade_extent4(self) -> int:
@@ -168,6 +191,7 @@ class StationTruth:
     drawn_pattern: str
     regions: dict[str, RegionTruth]
     station_score: int
+    muscles: dict[str, Any] | None = None  # muscle-level cohorts: MuscleTruth per muscle region
 
 
 @dataclass
@@ -181,6 +205,7 @@ class SubjectTruth:
     severity: float
     stations: dict[str, StationTruth]
     total_score: int
+    group: str | None = None  # diagnosis, in cohorts with DiseaseConfig.groups
 
 
 def extent4_grade(fraction: float) -> int:
@@ -404,11 +429,14 @@ def _truncated_normal(z: float, mean_sd: tuple[float, float],
 
 
 def sample_subject(subject_id: str, rng: np.random.Generator,
-                   cfg: DiseaseConfig | None = None) -> SubjectTruth:
+                   cfg: DiseaseConfig | None = None, station_fn: Any = None) -> SubjectTruth:
     """Draw one subject: demographics, latent severity, and both stations' truths.
 
     Age is drawn through a Gaussian copula with the latent severity
     (``age_severity_corr``), so younger subjects score higher (Spearman ~ -0.35).
+    ``station_fn(subject_id, station, severity, rng, cfg, derived)`` draws a
+    station (default: the compartment model; :mod:`nxp2seg.phantom.muscles`
+    passes its per-muscle one).
     """
     cfg = cfg or DiseaseConfig()
     d = _derive(cfg)
@@ -417,7 +445,7 @@ def sample_subject(subject_id: str, rng: np.random.Generator,
     stations = {}
     for st in STATIONS:
         sev = float(np.sqrt(r) * s + np.sqrt(1 - r) * rng.standard_normal())
-        stations[st] = _station(subject_id, st, sev, rng, cfg, d)
+        stations[st] = (station_fn or _station)(subject_id, st, sev, rng, cfg, d)
     sex = "F" if rng.random() < cfg.female else "M"
     ra = cfg.age_severity_corr
     z_age = ra * s + np.sqrt(1 - ra**2) * rng.standard_normal()
@@ -460,6 +488,8 @@ def truth_tables(subjects: list[SubjectTruth]) -> tuple[pd.DataFrame, pd.DataFra
         sub.append([subj.subject_id, subj.sex, subj.age, subj.bmi, subj.severity,
                     subj.stations["thigh"].station_score, subj.stations["calf"].station_score,
                     subj.total_score])
+    subject_df = pd.DataFrame(sub, columns=SUBJECT_COLUMNS)
+    if any(s.group is not None for s in subjects):
+        subject_df.insert(1, "group", [s.group for s in subjects])
     return (pd.DataFrame(reg, columns=REGION_COLUMNS),
-            pd.DataFrame(sta, columns=STATION_COLUMNS),
-            pd.DataFrame(sub, columns=SUBJECT_COLUMNS))
+            pd.DataFrame(sta, columns=STATION_COLUMNS), subject_df)

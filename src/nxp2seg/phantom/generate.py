@@ -22,6 +22,7 @@ import pandas as pd
 
 from nxp2seg.data.cohort import CohortError, CohortWriter, DatasetDescription
 from nxp2seg.data.schema import (
+    MUSCLES,
     SIDES,
     STATIONS,
     default_compartment_schema,
@@ -35,6 +36,7 @@ from nxp2seg.phantom.clinical import simulate_clinical
 from nxp2seg.phantom.config import PhantomConfig, make_config
 from nxp2seg.phantom.disease import SubjectTruth, sample_subjects, truth_tables
 from nxp2seg.phantom.fields import SmoothField
+from nxp2seg.phantom.muscles import muscle_truth_table, sample_subjects_by_muscle
 from nxp2seg.phantom.readers import simulate_readers
 from nxp2seg.phantom.render import CaseRenderer, sample_contrast
 
@@ -134,6 +136,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     subcut_m = np.array([mus_schema.labels["subcutaneous_right"], mus_schema.labels["subcutaneous_left"]], np.uint8)
     bone_m = mus_schema.labels["bone"]
     stats = np.zeros((6, 3))  # muscle sub-samples, edematous sub-samples, fat sum
+    mstats = np.zeros((6 * 6, 2))  # per (region, muscle index): sub-samples, edematous ones
 
     def fn(x, y, z):
         res = renderer.render(x, y, z)
@@ -155,6 +158,9 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         stats[:, 0] += np.bincount(r, minlength=6)[:6]
         stats[:, 1] += np.bincount(r, weights=res["edema"][mus] > 0.5, minlength=6)[:6]
         stats[:, 2] += np.bincount(r, weights=res["fat"][mus], minlength=6)[:6]
+        rm = r * 6 + np.clip(res["muscle"][mus], 0, 5)
+        mstats[:, 0] += np.bincount(rm, minlength=36)[:36]
+        mstats[:, 1] += np.bincount(rm, weights=res["edema"][mus] > 0.5, minlength=36)[:36]
         return res
 
     ss = (acq.supersample, acq.supersample, acq.subslices)
@@ -185,6 +191,13 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
                 "measured_fat_fraction": stats[r, 2] / n,
             }
         )
+    if truth.muscles is not None:  # muscle-level cohorts: the edema fraction of each muscle
+        for mt in truth.muscles.values():
+            r = _station_regions(station).index(f"{station}_{mt.compartment}_{mt.side}")
+            k = r * 6 + MUSCLES[station][mt.compartment].index(mt.muscle)
+            region_stats.append({"case_id": truth.case_id, "region": mt.region,
+                                 "measured_edema_fraction": mstats[k, 1] / max(mstats[k, 0], 1.0),
+                                 "measured_fat_fraction": np.nan})
     meta = {
         "case_id": truth.case_id,
         "subject_id": subject.subject_id,
@@ -298,6 +311,13 @@ def generate_cohort(
     if cfg.label_level not in ("compartment", "muscle"):
         raise ValueError(f"phantom: label_level must be 'compartment' or 'muscle', not {cfg.label_level!r}")
     get_grade_scale(cfg.grade_scale)
+    grade_level = cfg.grade_level or cfg.label_level
+    if grade_level not in ("compartment", "muscle"):
+        raise ValueError(f"phantom: grade_level must be 'compartment' or 'muscle', not {grade_level!r}")
+    if grade_level == "muscle" and cfg.label_level != "muscle":
+        raise ValueError("phantom: grade_level=muscle needs label_level=muscle (readers grade the "
+                         "muscles the masks delineate)")
+    by_muscle = grade_level == "muscle" or bool(cfg.disease.groups)
     root = Path(cfg.out)
     if (root / "dataset.json").exists() and not cfg.overwrite:
         raise CohortError(f"{root} already holds a cohort; choose another folder or pass overwrite=true")
@@ -306,13 +326,16 @@ def generate_cohort(
             shutil.rmtree(root / sub, ignore_errors=True)
         (root / "dataset.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
-    subjects_truth = sample_subjects(cfg.subjects, cfg.seed, cfg.disease)
-    grades, patterns = simulate_readers(subjects_truth, cfg.seed, cfg.readers, grade_scale=cfg.grade_scale)
+    draw = sample_subjects_by_muscle if by_muscle else sample_subjects
+    subjects_truth = draw(cfg.subjects, cfg.seed, cfg.disease)
+    grades, patterns = simulate_readers(subjects_truth, cfg.seed, cfg.readers,
+                                        grade_scale=cfg.grade_scale, level=grade_level)
     clinical = simulate_clinical(subjects_truth, cfg.seed, cfg.clinical)
     region_df, station_df, subject_df = truth_tables(subjects_truth)
     split = _split(subjects_truth, cfg)
 
-    schema = default_muscle_schema() if cfg.label_level == "muscle" else default_compartment_schema()
+    schema = (default_muscle_schema(graded=grade_level) if cfg.label_level == "muscle"
+              else default_compartment_schema())
     dataset = DatasetDescription(
         schema=schema,
         grade_scale=get_grade_scale(cfg.grade_scale),
@@ -346,8 +369,13 @@ def generate_cohort(
     )
     writer.write_tables(cases, grades, patterns, clinical)
     truth = root / "truth"
-    region_df = region_df.merge(pd.DataFrame(stats), on=["case_id", "region"], how="left")
+    measured = pd.DataFrame(stats)
+    region_df = region_df.merge(measured, on=["case_id", "region"], how="left")
     write_csv(region_df, truth / "grades.csv")
+    if by_muscle:  # each muscle's truth (extent4 from its fraction) and its rendered fraction
+        muscle_df = muscle_truth_table(subjects_truth).merge(
+            measured.drop(columns="measured_fat_fraction"), on=["case_id", "region"], how="left")
+        write_csv(muscle_df, truth / "grades_muscle.csv")
     write_csv(station_df, truth / "patterns.csv")
     write_csv(subject_df, truth / "subjects.csv")
     write_csv(pd.DataFrame(metas).sort_values("case_id"), truth / "acquisition.csv")

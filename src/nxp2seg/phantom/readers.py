@@ -132,7 +132,8 @@ def _adjacent(patterns: np.ndarray, p: float, rng: np.random.Generator) -> np.nd
 
 
 def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig | None = None,
-                     grade_scale: str = "beltrame6") -> tuple[pd.DataFrame, pd.DataFrame]:
+                     grade_scale: str = "beltrame6", level: str = "compartment"
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every rater grades every region of every case from the truth.
 
     Args:
@@ -140,6 +141,11 @@ def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig 
         seed: reader randomness; each rater draws from its own child stream.
         cfg: the reader model (defaults: :class:`ReaderConfig`).
         grade_scale: ``beltrame6`` (default) or ``extent4`` for the edema grades.
+        level: ``compartment`` (default): every compartment of each side is
+            read; ``muscle``: every muscle of each side (the stations' muscle
+            truths of :mod:`nxp2seg.phantom.muscles`), with the same error
+            model per muscle (fat and the two flags are each muscle's
+            compartment's, read independently per muscle).
 
     Returns:
         ``(grades_df, patterns_df)``: long tables in the dataset contract,
@@ -148,19 +154,28 @@ def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig 
     """
     cfg = cfg or ReaderConfig()
     scale = get_grade_scale(grade_scale)
+    if level not in ("compartment", "muscle"):
+        raise ValueError(f"simulate_readers: level must be 'compartment' or 'muscle', not {level!r}")
     cases = [st for s in subjects for st in s.stations.values()]
     if not cases:
         return pd.DataFrame(columns=GRADE_COLUMNS), pd.DataFrame(columns=PATTERN_COLUMNS)
-    regions = [r for st in cases for r in st.regions.values()]
-    n_reg = np.array([len(st.regions) for st in cases])
-    if len(set(n_reg.tolist())) > 1:
-        raise ValueError("simulate_readers: every case must carry the same number of regions")
-    n_r = int(n_reg[0])
+
+    def read(st):
+        if level == "compartment":
+            return list(st.regions.values())
+        if st.muscles is None:
+            raise ValueError(f"simulate_readers: {st.case_id} has no muscle truth; draw the cohort "
+                             "with nxp2seg.phantom.muscles for level='muscle'")
+        return list(st.muscles.values())
+    per_case = [read(st) for st in cases]
+    regions = [r for rs in per_case for r in rs]
+    n_reg = np.array([len(rs) for rs in per_case])
+    bounds = np.cumsum(n_reg)[:-1]
     true = np.array([r.edema_grade for r in regions], dtype=int)
     ext4 = np.array([r.edema_grade_extent4 for r in regions], dtype=int)
     fat = np.array([r.fat_grade for r in regions], dtype=int)
     flags = np.array([[r.fascial_edema, r.subcutaneous_edema] for r in regions], dtype=bool)
-    case_ids = np.repeat([st.case_id for st in cases], n_r)
+    case_ids = np.repeat([st.case_id for st in cases], n_reg)
     names = [r.region for r in regions]
     streams = np.random.SeedSequence([seed, _STREAM]).spawn(len(cfg.raters))
     grade_tabs, pattern_tabs = [], []
@@ -175,7 +190,10 @@ def simulate_readers(subjects: list[SubjectTruth], seed: int, cfg: ReaderConfig 
             "case_id": case_ids, "rater": rater, "region": names, "edema_grade": edema,
             "fat_grade": fat_read, "fascial_edema": flag_read[:, 0].astype(int),
             "subcutaneous_edema": flag_read[:, 1].astype(int)}))
-        pats = pattern_rule(edema.reshape(len(cases), n_r), scale)
+        if len(set(n_reg.tolist())) == 1:  # one call for all cases
+            pats = pattern_rule(edema.reshape(len(cases), int(n_reg[0])), scale)
+        else:
+            pats = [pattern_rule(e, scale) for e in np.split(edema, bounds)]
         pattern_tabs.append(pd.DataFrame({
             "case_id": [st.case_id for st in cases], "rater": rater,
             "pattern": _adjacent(np.asarray(pats), cfg.pattern_adjacent, rng)}))

@@ -65,6 +65,7 @@ class RegionRender:
     fat_lambda: float
     fascial: tuple[float, float, float, float] | None  # theta_c, half_width, band_mm, stir
     subcut: tuple[float, float, float, float] | None  # theta_c, half_width, t1, stir
+    seed_muscles: np.ndarray | None = None  # (k,) muscle index each seed is confined to, or None
 
 
 _Z_SCALE = 0.5  # edema extends along the limb: z distances count half
@@ -120,7 +121,10 @@ class CaseRenderer:
         seeds = np.zeros((0, 3))
         thr = np.zeros(0)
         frac = float(spec.edema_fraction)
-        if frac > 0 and n > 0:
+        seed_muscles = None
+        if getattr(spec, "muscle_fractions", None) is not None:  # muscle-level cohorts
+            seeds, thr, seed_muscles = self._plan_muscles(spec, a["muscle"][sel], pts, rng)
+        elif frac > 0 and n > 0:
             k = max(int(spec.n_foci), 1)
             idx = rng.choice(n, size=k, replace=n < k)
             seeds = pts[:, idx].T.copy()
@@ -161,7 +165,26 @@ class CaseRenderer:
             th = a["theta"][fat]
             centre = float(th[rng.integers(len(th))]) if len(th) else 0.0
             subcut = (centre, rng.uniform(0.6, 1.3), rng.uniform(2.0, 2.4), rng.uniform(1.6, 2.5))
-        return RegionRender(seeds, thr, e_t1, e_st, fdir, kappa, lam, fascial, subcut)
+        return RegionRender(seeds, thr, e_t1, e_st, fdir, kappa, lam, fascial, subcut, seed_muscles)
+
+    def _plan_muscles(self, spec, muscle: np.ndarray, pts: np.ndarray, rng
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Seeds and thresholds placing each muscle's own edema fraction inside that muscle."""
+        seeds, thr, owner = [], [], []
+        for m, (frac, foci) in enumerate(zip(spec.muscle_fractions, spec.muscle_foci)):
+            mp = pts[:, muscle == m]
+            if frac <= 0 or mp.shape[1] == 0:
+                continue
+            k = max(int(foci), 1)
+            for i in rng.choice(mp.shape[1], size=k, replace=mp.shape[1] < k):
+                seed = mp[:, i].copy()
+                s = self._edema_score(mp, seed)
+                seeds.append(seed)
+                q = float(np.quantile(s, min(frac / k, 1.0)))
+                thr.append(np.inf if frac >= 0.999 else max(q, 1e-3))  # a one-point muscle: q = 0
+                owner.append(m)
+        return (np.asarray(seeds).reshape(-1, 3), np.asarray(thr, dtype=float),
+                np.asarray(owner, dtype=int))
 
     # -- rendering -------------------------------------------------------------
     def render(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
@@ -199,7 +222,17 @@ class CaseRenderer:
             if not sel.any():
                 continue
             pts = np.stack([x[sel], y[sel], z[sel]])
-            if len(plan.seeds):
+            if len(plan.seeds) and plan.seed_muscles is not None:  # each seed inside its muscle
+                w = np.zeros(pts.shape[1], np.float32)
+                m_sel = a["muscle"][sel]
+                for seed, thr, owner in zip(plan.seeds, plan.thresholds, plan.seed_muscles):
+                    inside = m_sel == owner
+                    if np.isinf(thr):
+                        w[inside] = 1.0
+                        continue
+                    s = self._edema_score(pts, seed)
+                    w = np.maximum(w, np.clip((thr - s) / (0.25 * thr) + 0.5, 0, 1) * inside)
+            elif len(plan.seeds):
                 w = np.zeros(pts.shape[1], np.float32)
                 for seed, thr in zip(plan.seeds, plan.thresholds):
                     if np.isinf(thr):
@@ -207,6 +240,7 @@ class CaseRenderer:
                         break
                     s = self._edema_score(pts, seed)
                     w = np.maximum(w, np.clip((thr - s) / (0.25 * thr) + 0.5, 0, 1))
+            if len(plan.seeds):
                 along = pts[0] * plan.fascicle_dir[0] + pts[1] * plan.fascicle_dir[1]
                 feather = np.cos(2 * np.pi * along / 8.0 + 6.0 * self.feather_phase(*pts))
                 amp = np.clip(1.0 + 0.25 * self.texture(*pts) + 0.12 * feather, 0.45, 1.5)
