@@ -27,6 +27,7 @@ from nxp2seg.stats.tables import count_percent, mean_sd, median_iqr, to_markdown
 from nxp2seg.stats.variables import (
     VARIABLE_TYPES,
     binary_codes,
+    lilliefors,
     normality,
     numeric_values,
     variable_type,
@@ -42,6 +43,18 @@ __all__ = [
 ]
 
 ID_COLUMNS = ("subject_id",)
+#: Choices of the test of a continuous variable between two groups ("auto": by normality).
+CONTINUOUS_TESTS = ("auto", "welch", "student", "mann-whitney")
+#: Choices of the test of a categorical variable between two groups ("auto": by expected counts).
+CATEGORICAL_TESTS = ("auto", "chi-square", "fisher")
+#: Choices of the correlation of the score with a variable ("auto": by normality).
+CORRELATIONS = ("auto", "pearson", "spearman")
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{what}={value!r}: use one of {allowed}")
+    return value
 
 
 def _columns(df: pd.DataFrame, columns: Iterable[str] | None, skip: Iterable[str]) -> list[str]:
@@ -69,33 +82,43 @@ def normality_table(
     exclude: Iterable[str] = ID_COLUMNS,
     types: Mapping[str, str] | None = None,
     alpha: float = 0.05,
+    test: str = "shapiro",
 ) -> pd.DataFrame:
-    """Kind and Shapiro-Wilk normality of every column.
+    """Kind of every column, and Shapiro-Wilk beside Kolmogorov-Smirnov (Lilliefors).
+
+    Parameters
+    ----------
+    test : {"shapiro", "lilliefors"}
+        The test that decides ``normal`` (and so the parametric or rank-based
+        tests of the other tables); both are reported.
 
     Returns
     -------
     pandas.DataFrame
-        ``variable``, ``type``, ``n`` (non-missing), ``test``, ``W``, ``p``,
-        ``normal``; the test columns are empty (NaN / None) for variables that
-        are not continuous.
+        ``variable``, ``type``, ``n`` (non-missing), ``test`` (the deciding
+        test), ``W`` and ``p`` (its statistic and p), ``normal``, then both
+        tests: ``shapiro_W``, ``shapiro_p``, ``ks_D``, ``ks_p`` (Lilliefors-
+        corrected, :func:`~nxp2seg.stats.variables.lilliefors`) and
+        ``ks_p_spss`` (as SPSS prints it: ``0.200*`` when p >= 0.2). Test
+        columns are empty (NaN / None) for variables that are not continuous.
     """
+    columns_out = ["variable", "type", "n", "test", "W", "p", "normal", "shapiro_W", "shapiro_p",
+                   "ks_D", "ks_p", "ks_p_spss"]
     rows = []
     for col in _columns(df, columns, exclude):
         kind = _type_of(df, col, types)
-        row = {
-            "variable": col,
-            "type": kind,
-            "n": int(df[col].notna().sum()),
-            "test": "",
-            "W": math.nan,
-            "p": math.nan,
-            "normal": None,
-        }
+        row = dict.fromkeys(columns_out[3:], math.nan)
+        row.update(variable=col, type=kind, n=int(df[col].notna().sum()), test="", normal=None,
+                   ks_p_spss="")
         if kind == "continuous":
-            res = normality(numeric_values(df[col]), alpha)
-            row.update(test=res["test"], W=res["W"], p=res["p"], normal=res["normal"], n=res["n"])
+            x = numeric_values(df[col])
+            sw, ks = normality(x, alpha), lilliefors(x)
+            chosen = normality(x, alpha, test) if test != "shapiro" else sw
+            row.update(test=chosen["test"], W=chosen["W"], p=chosen["p"], normal=chosen["normal"],
+                       n=sw["n"], shapiro_W=sw["W"], shapiro_p=sw["p"], ks_D=ks["D"], ks_p=ks["p"],
+                       ks_p_spss=ks["p_spss"])
         rows.append(row)
-    return pd.DataFrame(rows, columns=["variable", "type", "n", "test", "W", "p", "normal"])
+    return pd.DataFrame(rows, columns=columns_out)
 
 
 def correlation_table(
@@ -106,6 +129,8 @@ def correlation_table(
     exclude: Iterable[str] = ID_COLUMNS,
     types: Mapping[str, str] | None = None,
     alpha: float = 0.05,
+    normality_test: str = "shapiro",
+    method: str = "auto",
 ) -> pd.DataFrame:
     """Correlation of the MRI score with every clinical column.
 
@@ -123,6 +148,11 @@ def correlation_table(
         Override of :func:`variable_type` per column.
     alpha : float
         Level of the normality tests.
+    normality_test : {"shapiro", "lilliefors"}
+        The normality test that chooses Pearson or Spearman.
+    method : {"auto", "pearson", "spearman"}
+        ``auto`` chooses by normality (below); ``pearson`` or ``spearman``
+        forces one for every continuous and binary variable.
 
     Returns
     -------
@@ -153,8 +183,9 @@ def correlation_table(
     """
     if score_col not in df.columns:
         raise KeyError(f"score column {score_col!r} not in the table; columns: {list(df.columns)}")
+    _choice(method, CORRELATIONS, "correlation")
     score = numeric_values(df[score_col])
-    score_norm = normality(score, alpha)
+    score_norm = normality(score, alpha, normality_test)
     rows = []
     for col in _columns(df, columns, [score_col, *exclude]):
         kind = _type_of(df, col, types)
@@ -171,13 +202,16 @@ def correlation_table(
         if kind in ("continuous", "binary"):
             if kind == "continuous":
                 x = numeric_values(df[col])
-                row["normal"] = normality(x, alpha)["normal"]
+                row["normal"] = normality(x, alpha, normality_test)["normal"]
                 parametric = score_norm["normal"] and row["normal"]
+                if method != "auto":
+                    parametric = method == "pearson"
                 row["test"] = "pearson" if parametric else "spearman"
             else:
                 x, (lo, hi) = binary_codes(df[col])
                 row["coding"] = f"{hi} vs {lo}"
-                row["test"] = "point-biserial" if score_norm["normal"] else "spearman"
+                parametric = score_norm["normal"] if method == "auto" else method == "pearson"
+                row["test"] = "point-biserial" if parametric else "spearman"
             keep = score.notna() & x.notna()
             row["n"] = int(keep.sum())
             if row["n"] >= 3 and x[keep].nunique() > 1 and score[keep].nunique() > 1:
@@ -216,16 +250,21 @@ def _group_masks(df: pd.DataFrame, group_col: str) -> tuple[pd.Series, pd.Series
     return codes == 0, codes == 1, f"{group_col}={lo}", f"{group_col}={hi}"
 
 
-def _compare_continuous(x: pd.Series, in_a, in_b, alpha: float, decimals: int) -> dict:
+def _compare_continuous(x: pd.Series, in_a, in_b, alpha: float, decimals: int,
+                        normality_test: str = "shapiro", method: str = "auto") -> dict:
     a, b = x[in_a].dropna().to_numpy(), x[in_b].dropna().to_numpy()
-    normal = normality(a, alpha)["normal"] and normality(b, alpha)["normal"]
+    if method == "auto":
+        normal = (normality(a, alpha, normality_test)["normal"]
+                  and normality(b, alpha, normality_test)["normal"])
+        method = "welch" if normal else "mann-whitney"
     row = {"n": len(a) + len(b), "statistic": math.nan, "p": math.nan}
-    if normal:
+    if method in ("welch", "student"):
         row.update(
-            test="welch t-test", summary_a=mean_sd(a, decimals), summary_b=mean_sd(b, decimals)
+            test="welch t-test" if method == "welch" else "student t-test",
+            summary_a=mean_sd(a, decimals), summary_b=mean_sd(b, decimals)
         )
         if len(a) > 1 and len(b) > 1:
-            res = sps.ttest_ind(a, b, equal_var=False)
+            res = sps.ttest_ind(a, b, equal_var=method == "student")
             row.update(statistic=float(res.statistic), p=float(res.pvalue))
     else:
         row.update(
@@ -239,7 +278,8 @@ def _compare_continuous(x: pd.Series, in_a, in_b, alpha: float, decimals: int) -
     return row
 
 
-def _compare_categories(keys: pd.Series, in_a, in_b, levels: list, decimals: int) -> dict:
+def _compare_categories(keys: pd.Series, in_a, in_b, levels: list, decimals: int,
+                        method: str = "auto") -> dict:
     table = np.array([[int(((keys == lv) & m).sum()) for lv in levels] for m in (in_a, in_b)])
     n_a, n_b = table.sum(axis=1)
     row = {"n": int(table.sum()), "statistic": math.nan, "p": math.nan, "note": ""}
@@ -262,7 +302,8 @@ def _compare_categories(keys: pd.Series, in_a, in_b, levels: list, decimals: int
         row.update(test="chi-square", note="a group or a level has no subject; not testable")
         return row
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
-    if table.shape == (2, 2) and (expected < 5).any():
+    fisher = method == "fisher" or (method == "auto" and (expected < 5).any())
+    if table.shape == (2, 2) and fisher:
         res = sps.fisher_exact(table, alternative="two-sided")
         row.update(test="fisher exact", statistic=float(res.statistic), p=float(res.pvalue))
     else:
@@ -282,6 +323,9 @@ def group_comparison(
     types: Mapping[str, str] | None = None,
     alpha: float = 0.05,
     decimals: int = 1,
+    normality_test: str = "shapiro",
+    continuous_test: str = "auto",
+    categorical_test: str = "auto",
 ) -> pd.DataFrame:
     """Compare every column between the two groups of a binary split.
 
@@ -296,6 +340,15 @@ def group_comparison(
         As in :func:`correlation_table`.
     decimals : int
         Decimals of the summaries.
+    normality_test : {"shapiro", "lilliefors"}
+        The normality test that chooses between the t-test and Mann-Whitney.
+    continuous_test : {"auto", "welch", "student", "mann-whitney"}
+        ``auto`` chooses by normality (below); the others force one test
+        (``student``: the pooled-variance t-test SPSS prints first).
+    categorical_test : {"auto", "chi-square", "fisher"}
+        ``auto``: chi-square, Fisher's exact for a 2x2 table with an expected
+        count < 5; ``fisher`` forces Fisher's exact test on 2x2 tables,
+        ``chi-square`` forces Pearson's chi-square.
 
     Returns
     -------
@@ -325,6 +378,8 @@ def group_comparison(
 
     p-values are two-sided and not corrected for multiple testing.
     """
+    _choice(continuous_test, CONTINUOUS_TESTS, "continuous_test")
+    _choice(categorical_test, CATEGORICAL_TESTS, "categorical_test")
     in_a, in_b, label_a, label_b = _group_masks(df, group_col)
     rows = []
     for col in _columns(df, columns, [group_col, *exclude]):
@@ -342,7 +397,8 @@ def group_comparison(
             "note": "",
         }
         if kind == "continuous":
-            row.update(_compare_continuous(numeric_values(df[col]), in_a, in_b, alpha, decimals))
+            row.update(_compare_continuous(numeric_values(df[col]), in_a, in_b, alpha, decimals,
+                                           normality_test, continuous_test))
         elif kind in ("binary", "categorical"):
             if kind == "binary":
                 codes, (_, hi) = binary_codes(df[col])
@@ -350,7 +406,7 @@ def group_comparison(
             else:
                 keys = df[col].astype(str).str.strip().where(df[col].notna())
                 levels = sorted(keys.dropna().unique())
-            row.update(_compare_categories(keys, in_a, in_b, levels, decimals))
+            row.update(_compare_categories(keys, in_a, in_b, levels, decimals, categorical_test))
         else:
             row["n"] = int((df[col].notna() & (in_a | in_b)).sum())
             row["note"] = f"{kind}: not testable"

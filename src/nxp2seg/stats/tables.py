@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["count_percent", "format_number", "format_p", "mean_sd", "median_iqr", "to_markdown"]
+__all__ = ["QUANTILE_METHODS", "count_percent", "format_number", "format_p", "mean_sd", "median_iqr",
+           "quartiles", "to_markdown"]
 
 MISSING = "–"
 
@@ -50,13 +51,34 @@ def mean_sd(values, decimals: int = 1) -> str:
     return f"{format_number(v.mean(), decimals)} ± {format_number(sd, decimals)}"
 
 
-def median_iqr(values, decimals: int = 1) -> str:
-    """``"median (Q1–Q3)"`` of the non-missing values (linear-interpolated quartiles)."""
-    v = pd.Series(values, dtype=float).dropna()
-    if v.empty:
+#: Quantile definitions :func:`median_iqr` offers: ``linear`` (R type 7, pandas and NumPy's
+#: default) and ``weibull`` (``(n + 1) p``, SPSS's default "weighted average" definition).
+QUANTILE_METHODS = ("linear", "weibull")
+
+
+def quartiles(values, method: str = "linear") -> tuple[float, float, float]:
+    """``(Q1, median, Q3)`` of the non-missing values (NaN when there are none)."""
+    if method not in QUANTILE_METHODS:
+        raise ValueError(f"quantile method {method!r}: use one of {QUANTILE_METHODS}")
+    v = pd.Series(values, dtype=float).dropna().to_numpy()
+    if v.size == 0:
+        return (math.nan, math.nan, math.nan)
+    q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75], method=method)
+    return float(q1), float(med), float(q3)
+
+
+def median_iqr(values, decimals: int = 1, *, brackets: bool = False, method: str = "linear") -> str:
+    """``"median (Q1–Q3)"`` of the non-missing values, or ``"median [Q1–Q3]"`` with ``brackets``.
+
+    ``method`` picks the quantile definition (:data:`QUANTILE_METHODS`); the
+    median is the same under both.
+    """
+    q1, med, q3 = quartiles(values, method)
+    if math.isnan(med):
         return MISSING
-    q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
-    return f"{format_number(med, decimals)} ({format_number(q1, decimals)}–{format_number(q3, decimals)})"
+    lo, hi = ("[", "]") if brackets else ("(", ")")
+    return (f"{format_number(med, decimals)} {lo}{format_number(q1, decimals)}–"
+            f"{format_number(q3, decimals)}{hi}")
 
 
 def count_percent(count: int, total: int, decimals: int = 1) -> str:

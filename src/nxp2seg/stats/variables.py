@@ -9,12 +9,18 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-__all__ = ["VARIABLE_TYPES", "binary_codes", "normality", "numeric_values", "variable_type"]
+__all__ = ["NORMALITY_TESTS", "VARIABLE_TYPES", "binary_codes", "lilliefors", "normality",
+           "numeric_values", "variable_type"]
 
 #: Values of :func:`variable_type`; the last two cannot be analysed.
 VARIABLE_TYPES = ("binary", "categorical", "continuous", "constant", "empty")
 
 SHAPIRO_MAX_N = 5000
+#: Normality tests :func:`normality` offers (``shapiro`` is the default).
+NORMALITY_TESTS = ("shapiro", "lilliefors")
+#: SPSS prints the Lilliefors-corrected p as ``.200*`` ("a lower bound of the true significance")
+#: whenever it is at least 0.2.
+SPSS_LILLIEFORS_CAP = 0.2
 
 
 def _name(series: pd.Series) -> str:
@@ -130,8 +136,40 @@ def _plain(v):
     return v
 
 
-def normality(series, alpha: float = 0.05) -> dict:
-    """Shapiro-Wilk test of normality.
+def lilliefors(series) -> dict:
+    """Kolmogorov-Smirnov test of normality with the Lilliefors correction, as SPSS reports it.
+
+    SPSS's *Explore > Normality plots with tests* prints "Kolmogorov-Smirnov(a)
+    ... a. Lilliefors Significance Correction" next to Shapiro-Wilk: the KS
+    distance ``D`` between the data's empirical distribution and the normal
+    with the data's own mean and SD, and a p-value that allows for those two
+    being estimated (the plain KS p-value would be far too large). This is
+    :func:`statsmodels.stats.diagnostic.lilliefors` (``pvalmethod="table"``,
+    Dallal-Wilkinson's approximation below 0.1 and Lilliefors' table above).
+
+    Returns
+    -------
+    dict
+        ``D``, ``p`` (statsmodels' value), ``p_spss`` (text as SPSS prints it:
+        ``0.200*`` when p >= 0.2, the lower bound SPSS reports, else the p
+        rounded to 3 decimals), ``n``. NaN with fewer than 4 values or a
+        constant column.
+    """
+    from statsmodels.stats.diagnostic import lilliefors as _lilliefors
+
+    values = np.asarray(numeric_values(pd.Series(series)).dropna(), dtype=float)
+    out = {"D": math.nan, "p": math.nan, "p_spss": "", "n": len(values)}
+    if len(values) < 4 or np.ptp(values) == 0:
+        return out
+    d, p = _lilliefors(values, dist="norm", pvalmethod="table")
+    p = float(min(max(p, 0.0), 1.0))
+    spss = "0.200*" if p >= SPSS_LILLIEFORS_CAP else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    out.update(D=float(d), p=p, p_spss=spss)
+    return out
+
+
+def normality(series, alpha: float = 0.05, test: str = "shapiro") -> dict:
+    """Normality test of a continuous variable: Shapiro-Wilk (default) or Lilliefors-KS.
 
     Parameters
     ----------
@@ -139,29 +177,43 @@ def normality(series, alpha: float = 0.05) -> dict:
         Numeric values; missing values are dropped.
     alpha : float
         Level below which normality is rejected.
+    test : {"shapiro", "lilliefors"}
+        ``lilliefors`` is the Kolmogorov-Smirnov test with the Lilliefors
+        correction that SPSS reports (:func:`lilliefors`); the motivating
+        study chose its tests with it.
 
     Returns
     -------
     dict
-        ``test`` (``"shapiro"``, or ``"dagostino"`` above 5000 values),
-        ``W`` (statistic), ``p``, ``normal`` (``p >= alpha``), ``n``.
-        With fewer than 3 values or a constant column, ``W`` and ``p`` are NaN
-        and ``normal`` is False (a parametric test is not justified).
+        ``test`` (``"shapiro"``, ``"dagostino"`` above 5000 values, or
+        ``"lilliefors"``), ``W`` (the statistic: Shapiro's W, or the KS
+        distance D), ``p``, ``normal`` (``p >= alpha``), ``n``.
+        With too few values (3 for Shapiro, 4 for Lilliefors) or a constant
+        column, ``W`` and ``p`` are NaN and ``normal`` is False (a parametric
+        test is not justified).
 
     Notes
     -----
-    Shapiro-Wilk rather than Kolmogorov-Smirnov: it has the best power of the
-    usual tests at the sample sizes of clinical cohorts (tens to hundreds),
-    whereas the one-sample KS test needs the normal's mean and SD given in
-    advance (estimating them from the data makes it conservative unless the
-    Lilliefors correction is used) and is weak in the tails where lab values
-    are skewed. SciPy's Shapiro-Wilk p-value is accurate up to n = 5000;
-    above that the D'Agostino-Pearson K^2 test is used instead (reported as
-    ``test``). How to read: p < 0.05 means the data are unlikely to be
-    normal, so rank-based statistics are used; p >= 0.05 does not prove
-    normality (small samples rarely reject), it only allows the parametric
-    test.
+    Shapiro-Wilk is the default: it has the best power of the usual tests at
+    the sample sizes of clinical cohorts (tens to hundreds). The one-sample KS
+    test needs the normal's mean and SD given in advance; estimating them from
+    the data makes it conservative unless the Lilliefors correction is used,
+    and even corrected it is weak in the tails where lab values are skewed,
+    so it calls more skewed variables "normal" than Shapiro-Wilk does. It is
+    offered because SPSS users report it. SciPy's Shapiro-Wilk p-value is
+    accurate up to n = 5000; above that the D'Agostino-Pearson K^2 test is
+    used instead (reported as ``test``). How to read: p < 0.05 means the data
+    are unlikely to be normal, so rank-based statistics are used; p >= 0.05
+    does not prove normality (small samples rarely reject), it only allows the
+    parametric test.
     """
+    if test not in NORMALITY_TESTS:
+        raise ValueError(f"normality test {test!r}: use one of {NORMALITY_TESTS}")
+    if test == "lilliefors":
+        res = lilliefors(series)
+        return {"test": "lilliefors", "W": res["D"], "p": res["p"],
+                "normal": bool(res["p"] >= alpha) if not math.isnan(res["p"]) else False,
+                "n": res["n"]}
     values = np.asarray(numeric_values(pd.Series(series)).dropna(), dtype=float)
     n = len(values)
     out = {
