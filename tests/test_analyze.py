@@ -69,21 +69,24 @@ def test_correlations_and_group_tests_match_scipy(tables, tmp_path):
         else:
             ref = sps.mannwhitneyu(f[var], m[var], alternative="two-sided")
         assert row["p"] == pytest.approx(ref.pvalue, abs=TOL), var
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["clinical"]
     assert summary["n_subjects"] == 30 and summary["n_scores_only"] == 1 and summary["n_clinical_only"] == 1
     assert summary["group_by"]["sizes"] == {"sex=F": int((data["sex"] == "F").sum()),
                                             "sex=M": int((data["sex"] == "M").sum())}
-    assert len(summary["figures"]) == 3 and all((out / f).is_file() for f in summary["figures"])
+    figures = json.loads((out / "summary.json").read_text())["figures"]
+    assert len(figures) == 3 * 3 and all((out / f).is_file() for f in figures)  # svg, pdf, png
     for name in ("normality", "correlations", "groups"):
-        assert (out / f"{name}.md").read_text().startswith("| variable |")
-    assert "## Correlation of total_score" in (out / "analysis.md").read_text()
+        assert "| variable |" in (out / f"{name}.md").read_text().lower()
+    assert "Correlation of MRI total score" in (out / "analysis.md").read_text()
+    assert "Table 2: clinical data by Sex" in (out / "analysis.md").read_text()
+    assert (out / "correlations.csv").read_bytes().startswith("\ufeff".encode())  # Excel: UTF-8 BOM
 
 
 def test_a_numeric_group_column_is_split_at_its_median(tables, tmp_path):
     s, c = tables
     out = tmp_path / "out"
     assert _analyze(f"scores={s}", f"clinical={c}", f"output={out}", "group_by=age", "figures=false") == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())["clinical"]
     g = summary["group_by"]
     assert g["groups_column"] == "age_above_median" and "median" in g["rule"]
     assert sum(g["sizes"].values()) == 30 and abs(np.subtract(*g["sizes"].values())) <= 1

@@ -261,7 +261,8 @@ def tiny_regions() -> tuple[pd.DataFrame, pd.DataFrame]:
         for (comp, side), (e, f, fa, sc) in regs.items():
             rows.append({"subject_id": subj, "case_id": f"{subj}_{station}", "station": station,
                          "compartment": comp, "side": side, "edema_grade": float(e),
-                         "edema_grade_int": e, "fat_grade_int": f, "fascial_edema": fa,
+                         "edema_grade_int": e, "edema_present": int(e > 0),
+                         "fat_present": int(f > 0), "fascial_edema": fa,
                          "subcutaneous_edema": sc})
     cases = pd.DataFrame({"subject_id": ["s1", "s2", "s3", "s1", "s2"],
                           "station": ["thigh", "thigh", "thigh", "calf", "calf"],

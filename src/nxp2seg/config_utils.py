@@ -60,8 +60,8 @@ def load_cli_config(
     """
     cfg = OmegaConf.load(path)
     OmegaConf.set_struct(cfg, True)
-    for key in open_keys:
-        OmegaConf.set_struct(cfg[key], False)
+    for key in open_keys:  # dotted keys reach nested blocks (analyze's compare.combine)
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"arguments must be key=value, got {bad}; see --help")

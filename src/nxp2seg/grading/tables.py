@@ -273,7 +273,8 @@ def _with_case_info(df: pd.DataFrame, cases: pd.DataFrame | None, schema: LabelS
 
 
 _MEAN = ("edema_grade", "fat_grade", "fat_grade_continuous")
-_MAX = ("fascial_edema", "subcutaneous_edema", "fascial_edema_prob", "subcutaneous_edema_prob")
+_MAX = ("fascial_edema", "subcutaneous_edema", "fascial_edema_prob", "subcutaneous_edema_prob",
+        "edema_present", "fat_present")
 _WEIGHTED = ("edema_fraction", "fat_fraction")
 
 
@@ -292,8 +293,9 @@ def rollup_regions(regions_df: pd.DataFrame, schema: LabelSchema, scale: GradeSc
       ``fat_grade_int`` (``fat_grade`` for the model's tables, where it is the
       integer) are the integer grades of those means (half up);
     * ``fascial_edema``, ``subcutaneous_edema`` (calls, readers' shares or
-      model probabilities): the **largest** over the muscles (a finding
-      anywhere in the compartment is a finding of the compartment);
+      model probabilities), ``edema_present``, ``fat_present``: the
+      **largest** over the muscles (a finding anywhere in the compartment is
+      a finding of the compartment);
     * ``volume_ml``: the sum; ``edema_fraction``, ``fat_fraction``: the
       volume-weighted mean (plain mean without ``volume_ml``);
     * ``n_raters``: the smallest; ``subject_id``, ``station``: carried over.

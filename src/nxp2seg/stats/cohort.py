@@ -279,9 +279,10 @@ def _compare_continuous(x: pd.Series, in_a, in_b, alpha: float, decimals: int,
 
 
 def _compare_categories(keys: pd.Series, in_a, in_b, levels: list, decimals: int,
-                        method: str = "auto") -> dict:
+                        method: str = "auto", percent_decimals: int | None = None) -> dict:
     table = np.array([[int(((keys == lv) & m).sum()) for lv in levels] for m in (in_a, in_b)])
     n_a, n_b = table.sum(axis=1)
+    decimals = decimals if percent_decimals is None else percent_decimals
     row = {"n": int(table.sum()), "statistic": math.nan, "p": math.nan, "note": ""}
     if len(levels) == 2:
         # one row per binary variable: the level coded 1 (the sorted second one)
@@ -326,6 +327,7 @@ def group_comparison(
     normality_test: str = "shapiro",
     continuous_test: str = "auto",
     categorical_test: str = "auto",
+    percent_decimals: int | None = None,
 ) -> pd.DataFrame:
     """Compare every column between the two groups of a binary split.
 
@@ -340,6 +342,8 @@ def group_comparison(
         As in :func:`correlation_table`.
     decimals : int
         Decimals of the summaries.
+    percent_decimals : int, optional
+        Decimals of the percentages of ``n (%)`` (default: ``decimals``).
     normality_test : {"shapiro", "lilliefors"}
         The normality test that chooses between the t-test and Mann-Whitney.
     continuous_test : {"auto", "welch", "student", "mann-whitney"}
@@ -406,7 +410,8 @@ def group_comparison(
             else:
                 keys = df[col].astype(str).str.strip().where(df[col].notna())
                 levels = sorted(keys.dropna().unique())
-            row.update(_compare_categories(keys, in_a, in_b, levels, decimals, categorical_test))
+            row.update(_compare_categories(keys, in_a, in_b, levels, decimals, categorical_test,
+                                           percent_decimals))
         else:
             row["n"] = int((df[col].notna() & (in_a | in_b)).sum())
             row["note"] = f"{kind}: not testable"

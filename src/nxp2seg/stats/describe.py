@@ -4,17 +4,17 @@ Input tables (built by :mod:`nxp2seg.analysis.inputs` from the readers' grades
 or predict's tables):
 
 * **regions** -- one row per case and graded region: ``subject_id``,
-  ``station``, ``compartment``, ``side``, optionally ``muscle``, and the
-  findings ``edema_grade`` (continuous, e.g. the readers' mean),
-  ``edema_grade_int``, ``fat_grade_int`` (integer grades) and the calls
-  ``fascial_edema``, ``subcutaneous_edema`` (0/1); NaN = not read.
+  ``station``, ``compartment``, ``side``, optionally ``muscle``, the grades
+  ``edema_grade`` (continuous, e.g. the readers' mean), ``edema_grade_int``
+  (integer) and the 0/1 calls ``edema_present``, ``fat_present``,
+  ``fascial_edema``, ``subcutaneous_edema``; NaN = not read.
 * **cases** -- one row per case: ``subject_id``, ``station``, ``pattern``,
   ``station_score``.
 
-A finding is **present** in a region when its integer grade is above 0 (for
-the readers' mean: half up, so one of two readers grading 1 counts) or its
-call is 1; in a compartment (or station) of a subject when present in any of
-its regions, on either side. Percentages are of the subjects whose
+A finding is **present** in a region when its call is 1 (the caller decides
+the rule: ``analyze`` calls the readers' finding present when more than half
+of them saw it); in a compartment (or station) of a subject when present in
+any of its regions, on either side. Percentages are of the subjects whose
 compartment (station) was read for that finding.
 
 Tables: :func:`involvement_table` (the paper's counts of patients with edema,
@@ -40,7 +40,7 @@ __all__ = ["FINDINGS", "heatmap_matrix", "involvement_table", "pattern_counts", 
            "site_findings", "symmetry_table"]
 
 #: finding -> the column whose value > 0 marks it present.
-FINDINGS: dict[str, str] = {"edema": "edema_grade_int", "fat": "fat_grade_int",
+FINDINGS: dict[str, str] = {"edema": "edema_present", "fat": "fat_present",
                             "fascial_edema": "fascial_edema",
                             "subcutaneous_edema": "subcutaneous_edema"}
 ANY = "any"

@@ -62,8 +62,26 @@ class MixedFit:
 
     @property
     def cov_fixed(self) -> pd.DataFrame:
-        k = self.result.k_fe
-        return self.result.cov_params().iloc[:k, :k]
+        """Covariance of the fixed effects given the variance estimates: ``(sum X_i' V_i^-1 X_i)^-1``.
+
+        ``V_i = s^2 I + t^2 J`` for subject ``i`` (``t^2`` the subject variance); what lme4's
+        ``vcov`` reports. Computed here rather than taken from statsmodels' Hessian, which is
+        not positive definite when ``t^2`` sits on its boundary (0), where this is OLS's
+        ``s^2 (X'X)^-1``.
+        """
+        m, r = self.result.model, self.result
+        t2, s2 = float(np.asarray(r.cov_re)[0, 0]), float(r.scale)
+        x = np.asarray(m.exog, dtype=float)
+        xtx = x.T @ x
+        groups = pd.Series(np.asarray(m.groups))
+        by = pd.DataFrame(x).groupby(groups)
+        sums = by.sum().to_numpy()
+        n_i = by.size().to_numpy(dtype=float)
+        w = t2 / (s2 + n_i * t2)
+        info = (xtx - (sums * w[:, None]).T @ sums) / s2
+        cov = np.linalg.pinv(info)
+        names = list(self.fixed.index)
+        return pd.DataFrame(cov, index=names, columns=names)
 
     def contrast(self, weights: pd.Series) -> dict[str, float]:
         """Estimate, SE, 95% CI, Wald z and two-sided p of ``weights @ fixed effects``."""
@@ -75,12 +93,27 @@ class MixedFit:
         return {"estimate": est, "se": se, "ci_low": est - 1.959963984540054 * se,
                 "ci_high": est + 1.959963984540054 * se, "z": z, "p": p}
 
+    def subject_effects(self) -> pd.Series:
+        """Predicted random intercepts (BLUPs); all 0 when the subject variance is 0."""
+        try:
+            return pd.Series({k: float(np.asarray(v)[0])
+                              for k, v in self.result.random_effects.items()}, dtype=float)
+        except ValueError:  # statsmodels refuses a singular (zero) covariance: the BLUPs are 0
+            return pd.Series(0.0, index=list(self.result.model.group_labels), dtype=float)
+
+    def fitted_residuals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fitted values (fixed part + the subject's intercept) and residuals, in row order."""
+        m = self.result.model
+        blup = self.subject_effects()
+        fitted = m.exog @ self.fixed.to_numpy() + blup.reindex(m.groups).to_numpy(dtype=float)
+        return fitted, np.asarray(m.endog, dtype=float) - fitted
+
     def diagnostics(self) -> dict[str, Any]:
         """Convergence, variance components, subject share, residual normality, boundary."""
         r = self.result
         subject_var = float(np.asarray(r.cov_re)[0, 0])
         resid_var = float(r.scale)
-        resid = np.asarray(r.resid, dtype=float)
+        resid = self.fitted_residuals()[1]
         sw = sps.shapiro(resid) if 3 <= len(resid) <= 5000 and np.ptp(resid) > 0 else None
         total = subject_var + resid_var
         return {
@@ -121,6 +154,9 @@ def fit_mixed(data: pd.DataFrame, formula: str, subject: str, *, reml: bool = Tr
             except (np.linalg.LinAlgError, ValueError) as e:
                 errors.append(f"{method}: {e}")
                 continue
+        if not np.isfinite(trial.llf):  # a fit statsmodels calls converged, with no likelihood
+            errors.append(f"{method}: log-likelihood {trial.llf}")
+            continue
         if result is None or (trial.converged and not result.converged):
             result, optimizer = trial, method
             caught = list(dict.fromkeys(str(x.message).splitlines()[0] for x in w))
@@ -252,12 +288,10 @@ def compare_groups_mixed(data: pd.DataFrame, *, value: str = "grade", group: str
     diag["formula"] = f"{value} ~ {group} * {item} + (1 | {subject})"
     pooled_diag = pooled_fit.diagnostics()
     pooled_diag["formula"] = pooled["formula"]
+    fitted, residual = inter.fitted_residuals()
     resid = pd.DataFrame({"subject": df[subject].to_numpy(), "item": df[item].to_numpy(),
-                          "group": df[group].to_numpy(),
-                          "fitted": np.asarray(inter.result.fittedvalues, dtype=float),
-                          "residual": np.asarray(inter.result.resid, dtype=float)})
-    blup = pd.Series({k: float(np.asarray(v)[0]) for k, v in inter.result.random_effects.items()},
-                     name="subject_intercept")
+                          "group": df[group].to_numpy(), "fitted": fitted, "residual": residual})
+    blup = inter.subject_effects().rename("subject_intercept")
     return GroupComparison(groups=levels, contrasts=table, pooled=pooled, interaction=interaction,
                            fixed_effects=fe, diagnostics=diag, pooled_diagnostics=pooled_diag,
                            residuals=resid, subject_effects=blup)

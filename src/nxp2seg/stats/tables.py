@@ -88,8 +88,11 @@ def count_percent(count: int, total: int, decimals: int = 1) -> str:
     return f"{int(count)} ({100.0 * count / total:.{decimals}f}%)"
 
 
-def _cell(value, column: str, decimals: int, p_columns: Sequence[str]) -> str:
-    text = format_p(value) if column in p_columns else format_number(value, decimals)
+def _cell(value, column: str, decimals: int, p_columns: Sequence[str], p_decimals: int = 3) -> str:
+    if column in p_columns and not isinstance(value, str):
+        text = format_p(value, p_decimals)
+    else:
+        text = format_number(value, decimals)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -98,6 +101,7 @@ def to_markdown(
     decimals: int = 3,
     p_columns: Sequence[str] = ("p",),
     index: bool = False,
+    p_decimals: int = 3,
 ) -> str:
     """A GitHub-flavoured Markdown table of ``df`` (no third-party formatter).
 
@@ -111,6 +115,8 @@ def to_markdown(
         Columns formatted as p-values (``<0.001``).
     index : bool
         Also write the index as the first column.
+    p_decimals : int
+        Decimals of the p-values (``<0.001`` below ``10**-p_decimals``).
 
     Returns
     -------
@@ -129,6 +135,6 @@ def to_markdown(
         "| " + " | ".join("---:" if num else "---" for num in numeric) + " |",
     ]
     for row in table.itertuples(index=False, name=None):
-        cells = [_cell(v, c, decimals, p_columns) for v, c in zip(row, columns)]
+        cells = [_cell(v, c, decimals, p_columns, p_decimals) for v, c in zip(row, columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
