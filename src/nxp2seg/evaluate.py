@@ -134,6 +134,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     graded, notes = _grading_possible(es, tables)
     notes += seg_notes
     regions = es.schema.region_names()
+    if es.schema.graded_level == "muscle":  # the compartments' Dice beside the muscles'
+        regions += es.schema.compartment_schema().region_names()
     g_figs = grading_figures(tables.raters, es.scale)
     s_figs = segmentation_figures(regions, STRUCTURES)
     run = (g_figs if graded else []) + s_figs

@@ -95,7 +95,7 @@ def _with_region_info(df: pd.DataFrame, schema: LabelSchema, what: str) -> pd.Da
         raise AnalysisError(f"{what}: regions not in the label schema: {unknown[:8]}; the grades and "
                             "the dataset.json (or the model's) must name the same regions")
     info = pd.DataFrame([{"region": n, "station": r.station, "compartment": r.compartment,
-                          "side": r.side, "muscle": r.muscle} for n, r in regions.items()])
+                          "side": r.side, "muscle": schema.muscle_of(n)} for n, r in regions.items()])
     return df.drop(columns=[c for c in ("station", "compartment", "side", "muscle") if c in df]
                    ).merge(info, on="region", how="left")
 
@@ -231,8 +231,7 @@ def _model(predictions: str | os.PathLike, cohort: Cohort | None, split: str | N
     else:
         graded = regions
     schema = _prediction_schema(pred.model, cohort, notes) or _guess_schema(set(graded["region"]))
-    if schema.graded_level == "muscle" and not graded["region"].isin(
-            [n for n, r in schema.regions.items() if r.muscle]).all():
+    if schema.graded_level == "muscle" and not graded["region"].isin(schema.region_names()).all():
         schema = schema.compartment_schema()
     subject_of = cases.set_index("case_id")["subject_id"]
     graded = graded.assign(subject_id=graded["case_id"].map(subject_of))

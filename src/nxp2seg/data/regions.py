@@ -85,18 +85,17 @@ def subcut_membership(schema: LabelSchema, station: str, num_classes: int) -> np
 
 
 def lr_permutation(schema: LabelSchema, station: str) -> np.ndarray:
-    """``(R,)`` int64: for each slot, the slot of the same compartment (muscle) on the other side.
+    """``(R,)`` int64: for each slot, the slot of the same compartment on the other side.
 
     A slot whose twin is missing maps to itself.
     """
     slots = region_slots(schema, station)
     where = {
-        (schema.regions[n].compartment, schema.regions[n].muscle, schema.regions[n].side): i
-        for i, n in enumerate(slots)
+        (schema.regions[n].compartment, schema.regions[n].side): i for i, n in enumerate(slots)
     }
     perm = np.arange(len(slots), dtype=np.int64)
     for i, name in enumerate(slots):
         r = schema.regions[name]
         other = "left" if r.side == "right" else "right"
-        perm[i] = where.get((r.compartment, r.muscle, other), i)
+        perm[i] = where.get((r.compartment, other), i)
     return perm

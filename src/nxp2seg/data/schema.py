@@ -391,17 +391,25 @@ class LabelSchema:
 
     @property
     def graded_level(self) -> str:
-        """``"muscle"`` when the graded regions are single muscles, else ``"compartment"``."""
-        return "muscle" if any(r.muscle is not None for r in self.regions.values()) else "compartment"
+        """``"muscle"`` when the graded regions are single muscles (a region names its ``muscle``,
+        or a compartment of one side holds several graded regions), else ``"compartment"``."""
+        if any(r.muscle is not None for r in self.regions.values()):
+            return "muscle"
+        parts = [(r.station, r.compartment, r.side) for r in self.regions.values()]
+        return "muscle" if len(set(parts)) < len(parts) else "compartment"
+
+    def muscle_of(self, name: str) -> str | None:
+        """The muscle a graded region is: its ``muscle``, else (muscle-graded schemas) the name
+        of its one label without the ``_{side}`` ending; ``None`` for a compartment."""
+        r = self.regions[name]
+        if r.muscle is not None or self.graded_level == "compartment" or len(r.labels) != 1:
+            return r.muscle
+        label = self.name_of(r.labels[0])
+        return label.removesuffix(f"_{r.side}")
 
     def compartment_schema(self) -> "LabelSchema":
-        """The schema whose regions are the compartments the graded regions roll up to.
-
-        Itself for a compartment-graded schema. For a muscle-graded one, one
-        region per (station, compartment, side), named like the default
-        compartment regions, whose labels are its muscles' labels; the label
-        values are unchanged.
-        """
+        """Itself if compartment-graded; else one region per (station, compartment, side), named
+        like the default compartment regions, whose labels are its muscles' (same label values)."""
         if self.graded_level == "compartment":
             return self
         regions: dict[str, Region] = {}
@@ -440,7 +448,7 @@ class LabelSchema:
         lut = np.zeros(self.max_label + 1, dtype=np.uint8)
         for r in self.regions.values():
             for v in r.labels:
-                lut[v] = comp[r.name]
+                lut[v] = comp[region_name(r.station, r.compartment, r.side)]
         for s in STRUCTURES:
             if s in self.labels:
                 lut[self.labels[s]] = comp[s]

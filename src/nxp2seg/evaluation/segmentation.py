@@ -7,7 +7,11 @@ contract), so no resampling is involved and nothing is interpolated.
 Both maps are first rolled up to the compartment schema
 (``LabelSchema.rollup_lut``) through their own schemas (the bundle's for the
 prediction, the cohort's for the truth), so a muscle-level model is scored per
-compartment region like a compartment-level one. Per case and region:
+compartment region like a compartment-level one. When both the model and the
+cohort label muscles, every muscle is also scored on the maps as they are
+(rows named like the muscle-graded regions, ``thigh_semimembranosus_right``);
+``graded`` marks the rows of the level the cohort grades, which ``dice_mean``
+averages. Per case and region:
 
 * **Dice** ``2|P∩T| / (|P|+|T|)`` (:func:`nxp2seg.stats.segmentation.dice`); a region absent from both maps is not
   scored (NaN); absent from one only scores 0;
@@ -30,12 +34,21 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from nxp2seg.data.schema import STRUCTURES, LabelSchema, default_compartment_schema
+from nxp2seg.data.schema import (
+    COMPARTMENTS,
+    MUSCLES,
+    SIDES,
+    STRUCTURES,
+    LabelSchema,
+    default_compartment_schema,
+    muscle_region_name,
+)
 from nxp2seg.data.sides import side_lut
 from nxp2seg.evaluation.inputs import EvaluationSet
 from nxp2seg.stats.segmentation import dice, lr_swaps
 
-__all__ = ["SEGMENTATION_COLUMNS", "case_segmentation", "evaluate_segmentation", "hd95"]
+__all__ = ["SEGMENTATION_COLUMNS", "case_segmentation", "evaluate_segmentation", "hd95",
+           "muscle_segmentation"]
 
 SEGMENTATION_COLUMNS = ["case_id", "subject_id", "station", "region", "graded", "dice", "hd95_mm",
                         "truth_voxels", "pred_voxels", "lr_swap"]
@@ -111,7 +124,25 @@ def case_segmentation(pred: np.ndarray, truth: np.ndarray, station: str,
     return rows
 
 
-def _load_pair(es: EvaluationSet, case_id: str) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+def muscle_segmentation(pred: np.ndarray, truth: np.ndarray, station: str, pred_schema: LabelSchema,
+                        truth_schema: LabelSchema, spacing: tuple[float, ...], *, graded: bool,
+                        with_hd95: bool = True) -> list[dict]:
+    """Dice and HD95 per muscle of ``station`` on two muscle-level maps (each in its own schema)."""
+    rows = []
+    for side in SIDES:
+        for comp in COMPARTMENTS[station]:
+            for muscle in MUSCLES[station][comp]:
+                label = f"{muscle}_{side}"
+                if label not in pred_schema.labels or label not in truth_schema.labels:
+                    continue
+                p, t = pred == pred_schema.labels[label], truth == truth_schema.labels[label]
+                rows.append({"region": muscle_region_name(station, muscle, side), "graded": graded,
+                             "dice": dice(p, t), "hd95_mm": hd95(p, t, spacing) if with_hd95 else math.nan,
+                             "truth_voxels": int(t.sum()), "pred_voxels": int(p.sum()), "lr_swap": False})
+    return rows
+
+
+def _load_pair(es: EvaluationSet, case_id: str, raw: bool = False) -> tuple[np.ndarray, ...]:
     seg_path = es.predictions.seg_path(case_id)
     truth_path = es.cohort.label_path(case_id)
     if not seg_path.is_file():
@@ -124,11 +155,12 @@ def _load_pair(es: EvaluationSet, case_id: str) -> tuple[np.ndarray, np.ndarray,
     if not np.allclose(seg.affine, truth.affine, atol=tolerance):
         raise ValueError(f"{seg_path} and {truth_path} have different affines; both must be on the "
                          "case's T1 grid")
-    p = np.asarray(seg.dataobj).reshape(seg.shape[:3])
-    t = np.asarray(truth.dataobj).reshape(truth.shape[:3])
-    p = _rolled(p, es.prediction_schema, str(seg_path))
-    t = _rolled(t, es.schema, str(truth_path))
-    return p, t, tuple(float(z) for z in truth.header.get_zooms()[:3])
+    p_raw = np.asarray(seg.dataobj).reshape(seg.shape[:3])
+    t_raw = np.asarray(truth.dataobj).reshape(truth.shape[:3])
+    p = _rolled(p_raw, es.prediction_schema, str(seg_path))
+    t = _rolled(t_raw, es.schema, str(truth_path))
+    zooms = tuple(float(z) for z in truth.header.get_zooms()[:3])
+    return (p, t, zooms, p_raw, t_raw) if raw else (p, t, zooms)
 
 
 def evaluate_segmentation(es: EvaluationSet, *, with_hd95: bool = True,
@@ -141,15 +173,25 @@ def evaluate_segmentation(es: EvaluationSet, *, with_hd95: bool = True,
     """
     rows, notes = [], []
     labelled = [c for c in es.cases.itertuples(index=False) if es.cohort.has_label(c.case_id)]
+    muscles = es.schema.level == "muscle" and es.prediction_schema.level == "muscle"
+    by_muscle = es.schema.graded_level == "muscle"
     for i, case in enumerate(labelled):
         if progress is not None:
             progress(f"segmentation {i + 1}/{len(labelled)}: {case.case_id}")
         try:
-            pred, truth, spacing = _load_pair(es, case.case_id)
+            pred, truth, spacing, p_raw, t_raw = _load_pair(es, case.case_id, raw=True)
         except (ValueError, OSError, nib.filebasedimages.ImageFileError) as e:
             notes.append(f"segmentation of {case.case_id} not evaluated: {e}")
             continue
-        for row in case_segmentation(pred, truth, case.station, spacing, with_hd95=with_hd95):
+        case_rows = case_segmentation(pred, truth, case.station, spacing, with_hd95=with_hd95)
+        if by_muscle:  # the cohort grades muscles: the compartments are reported, not averaged
+            for row in case_rows:
+                row["graded"] = False
+        if muscles:
+            case_rows += muscle_segmentation(p_raw, t_raw, case.station, es.prediction_schema,
+                                             es.schema, spacing, graded=by_muscle,
+                                             with_hd95=with_hd95)
+        for row in case_rows:
             rows.append({"case_id": case.case_id, "subject_id": case.subject_id,
                          "station": case.station, **row})
     return pd.DataFrame(rows, columns=SEGMENTATION_COLUMNS), notes

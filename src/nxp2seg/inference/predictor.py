@@ -55,6 +55,7 @@ from nxp2seg.inference.edema import edema_map
 from nxp2seg.inference.geometry import describe_geometry, probabilities_to_labels, resample_to_grid
 from nxp2seg.inference.inputs import CaseInput
 from nxp2seg.inference.loading import MAX_VOXELS, CaseError, image_data, load_case_images
+from nxp2seg.inference.writers import compartment_rows
 from nxp2seg.models.segmenter import Segmenter, mask_logits
 
 __all__ = ["MAX_VOXELS", "CaseError", "CasePrediction", "Predictor", "load_case_images"]
@@ -281,10 +282,13 @@ class Predictor:
         names = self.schema.region_names(station)
         rows = []
         for r, name in enumerate(names):
-            mask = np.isin(labels, list(self.schema.regions[name].labels))
+            reg = self.schema.regions[name]
+            mask = np.isin(labels, list(reg.labels))
             n = int(mask.sum())
             row: dict[str, Any] = {
-                "case_id": case.case_id, "region": name,
+                "case_id": case.case_id, "region": name, "level": self.schema.graded_level,
+                "station": reg.station, "compartment": reg.compartment,
+                "muscle": self.schema.muscle_of(name), "side": reg.side,
                 "edema_grade": float("nan"), "edema_grade_int": None,
                 "fat_grade": None, "fat_grade_continuous": float("nan"),
                 "fascial_edema_prob": float("nan"), "subcutaneous_edema_prob": float("nan"),
@@ -311,13 +315,17 @@ class Predictor:
             "station_score": float("nan"), "station_score_continuous": float("nan"),
             "asymmetry": float("nan"),
         }
+        # a muscle-graded schema: compartment rows rolled up beside the muscle rows
+        # (grading.rollup_regions); the scores and asymmetry sum those compartments
+        comp_rows = compartment_rows(rows, self.schema, self.scale)
+        scored, schema = (comp_rows, self.schema.compartment_schema()) if comp_rows else (rows, self.schema)
         if grades is not None:
             prob = grades["pattern_prob"]
             # the scores are the domain rules' (grading.tables.scores_table, as evaluate's):
             # station score and asymmetry of the reported integer grades, and the continuous score
-            ints, _ = scores_table(self._long(case, rows, "edema_grade_int"), self.schema, self.scale)
-            cont, _ = scores_table(self._long(case, rows, "edema_grade"), self.schema, self.scale)
-            compartments = {f"asymmetry_{self.schema.regions[n].compartment}" for n in names}
+            ints, _ = scores_table(self._long(case, scored, "edema_grade_int"), schema, self.scale)
+            cont, _ = scores_table(self._long(case, scored, "edema_grade"), schema, self.scale)
+            compartments = {f"asymmetry_{schema.regions[r['region']].compartment}" for r in scored}
             case_row.update(
                 pattern=PATTERNS[int(np.argmax(prob))],
                 **{f"p_{p}": float(prob[i]) for i, p in enumerate(PATTERNS)},
@@ -326,7 +334,7 @@ class Predictor:
                 asymmetry=float(ints.at[0, "asymmetry"]),
                 **{k: float(ints.at[0, k]) for k in ints.columns if k in compartments},
             )
-        return rows, case_row
+        return rows + comp_rows, case_row
 
     @staticmethod
     def _long(case: CaseInput, rows: list[dict[str, Any]], column: str) -> pd.DataFrame:

@@ -28,11 +28,12 @@ import pandas as pd
 
 from nxp2seg.data.schema import PATTERNS, STRUCTURE_SIDES, LabelSchema
 from nxp2seg.data.sides import label_sides
-from nxp2seg.grading.tables import subject_scores
+from nxp2seg.grading.tables import rollup_regions, subject_scores
 from nxp2seg.io import atomic_write_bytes, atomic_write_text, nifti_bytes, write_csv
 
 __all__ = [
     "CASE_COLUMNS",
+    "compartment_rows",
     "REGION_COLUMNS",
     "SUBJECT_COLUMNS",
     "WARNING_SEPARATOR",
@@ -55,7 +56,8 @@ CASE_COLUMNS = ["case_id", "subject_id", "station", "status", "error", "warnings
                 "station_source", "station_score_continuous"]
 REGION_COLUMNS = ["case_id", "region", "edema_grade", "edema_grade_int", "fat_grade",
                   "fascial_edema_prob", "subcutaneous_edema_prob", "volume_ml", "edema_fraction",
-                  "fat_grade_continuous", "fascial_edema", "subcutaneous_edema"]
+                  "fat_grade_continuous", "fascial_edema", "subcutaneous_edema", "level",
+                  "station", "compartment", "muscle", "side"]
 SUBJECT_COLUMNS = ["subject_id", "thigh_score", "calf_score", "total_score"]
 #: Joins a case's warning codes in the ``warnings`` column of ``cases.csv``.
 WARNING_SEPARATOR = ";"
@@ -300,6 +302,44 @@ def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, e
 # ---------------------------------------------------------------------------
 # batch tables
 # ---------------------------------------------------------------------------
+
+
+def compartment_rows(rows: Sequence[Mapping[str, Any]], schema: LabelSchema, scale: Any
+                     ) -> list[dict[str, Any]]:
+    """The compartment rows of a muscle-graded case's ``regions.csv``, rolled up from its muscle rows.
+
+    ``grading.rollup_regions``' rule (the readers' grades roll up alike): the
+    mean of the muscles' edema and fat grades (``edema_grade_int``,
+    ``fat_grade``: their integer grades), the largest flag probability and the
+    flag of any muscle, the summed volume and the volume-weighted edema
+    fraction. Each row is marked ``level = "compartment"``; none for a
+    compartment-graded schema.
+    """
+    if schema.graded_level != "muscle" or not rows:
+        return []
+    df = pd.DataFrame(list(rows))
+    keep = ["case_id", "region", "edema_grade", "fat_grade_continuous", "fascial_edema_prob",
+            "subcutaneous_edema_prob", "fascial_edema", "subcutaneous_edema", "volume_ml",
+            "edema_fraction"]
+    df = df[[c for c in keep if c in df.columns]]
+    for flag in ("fascial_edema", "subcutaneous_edema"):
+        if flag in df.columns:
+            df[flag] = df[flag].map(lambda v: np.nan if v is None else float(bool(v)))
+    up = rollup_regions(df, schema, scale)
+    comp = schema.compartment_schema().regions
+    out = []
+    for rec in up.to_dict("records"):
+        r = comp[rec["region"]]
+        for flag in ("fascial_edema", "subcutaneous_edema"):
+            v = rec.get(flag)
+            rec[flag] = None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+        for key in ("edema_grade_int", "fat_grade"):
+            v = rec.get(key)
+            rec[key] = None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+        rec.update(level="compartment", station=r.station, compartment=r.compartment, muscle=None,
+                   side=r.side)
+        out.append(rec)
+    return out
 
 
 def write_tables(out: Path, case_ids: Sequence[str], skipped: Iterable[str] = ()) -> dict[str, pd.DataFrame]:
