@@ -41,7 +41,7 @@ def _feature(lab: Labels, row) -> str:
         if str(row.level) in ("1", "1.0", "True", "true", "yes"):  # a 0/1 finding: its name says it
             return f"{name} (n, %)"
         return f"{name} ({lab.level(row.variable, row.level)}) (n, %)"
-    if row.type == "binary" and getattr(row, "coding", ""):
+    if row.type == "binary" and getattr(row, "coding", "") and row.coding != "1 vs 0":
         return f"{name} ({row.coding})"
     return name
 

@@ -99,7 +99,7 @@ def heatmap_figure(matrix: pd.DataFrame, *, max_grade: int, label: Callable[[str
         ax.text((cols[0] + cols[-1]) / 2, -0.9, label(station), ha="center", va="bottom",
                 fontsize=9, fontweight="bold")
     ax.set_ylabel("subject (highest total score first)")
-    ax.set_title(title, fontsize=10, pad=16)
+    ax.set_title(title, fontsize=10, pad=22)
     fig.colorbar(im, ax=ax, shrink=0.5, label=colorbar, ticks=range(max_grade + 1))
     return fig
 
@@ -135,6 +135,8 @@ def group_boxplots(data: pd.DataFrame, *, items: Sequence[str], groups: Sequence
         if mark:
             ax.text(j, top * 1.06 + 0.05, mark, ha="center", va="bottom", fontsize=9)
     ax.set_ylim(-0.15 * max(top, 1) / 3, top * 1.2 + 0.2)
+    if float(top).is_integer() and top <= 10:  # grades: integer ticks only
+        ax.set_yticks(range(int(top) + 1))
     ax.set_xticks(range(len(items)), [label(i) for i in items], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.legend([h for h, _ in handles], [t for _, t in handles], loc="upper right", fontsize=8,
