@@ -68,12 +68,13 @@ def compare_section(a: dict, b: dict, part: str = "primary") -> list[str]:
     eb = np.array([rb[i]["estimate"] for i in items], float)
     r = sps.pearsonr(ea, eb).statistic if len(items) > 2 else np.nan
     pa, pb = ca["pooled"], cb["pooled"]
-    lines += ["", f"Same direction in {same_dir} of {len(items)} items, same significance call in "
-              f"{same_call}; Pearson r of the differences {_fmt(r, 3)}; mean |model − readers| "
-              f"{_fmt(float(np.mean(np.abs(eb - ea))))} grades. Pooled effect: readers "
-              f"{_fmt(pa['estimate'])} [{_fmt(pa['ci_low'])}, {_fmt(pa['ci_high'])}] (p {_p(pa['p'])}), "
-              f"model {_fmt(pb['estimate'])} [{_fmt(pb['ci_low'])}, {_fmt(pb['ci_high'])}] "
-              f"(p {_p(pb['p'])}).", ""]
+    verdict = (f"Same direction in {same_dir} of {len(items)} items, same significance call in "
+               f"{same_call}; Pearson r of the differences {_fmt(r, 3)}; mean |model − readers| "
+               f"{_fmt(float(np.mean(np.abs(eb - ea))))} grades. Pooled effect: readers "
+               f"{_fmt(pa['estimate'])} [{_fmt(pa['ci_low'])}, {_fmt(pa['ci_high'])}] "
+               f"(p {_p(pa['p'])}), model {_fmt(pb['estimate'])} [{_fmt(pb['ci_low'])}, "
+               f"{_fmt(pb['ci_high'])}] (p {_p(pb['p'])}).")
+    lines += ["", verdict, ""]
     return lines
 
 
