@@ -989,7 +989,7 @@ ANALYZE_KINDS = [  # id, edit of scores, edit of clinical, extra args, needles
     ("group_by_three_levels", _same, _same, ["group_by=ethnicity"],
      ["group_by=ethnicity: categorical column with levels ['a', 'b', 'c']", "give a two-valued column"]),
     ("group_by_unknown_column", _same, _same, ["group_by=nothing"], ["group_by=nothing: no such column"]),
-    ("unknown_option", _same, _same, ["colour=blue"], ["Key 'colour' is not in struct", "known options: scores, clinical"]),
+    ("unknown_option", _same, _same, ["colour=blue"], ["Key 'colour' is not in struct", "known options: cohort, predictions"]),
 ]
 # fmt: on
 
