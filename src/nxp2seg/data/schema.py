@@ -12,13 +12,10 @@ Two label levels exist:
   each graded region (compartment and side) lists its member muscle labels,
   which is the roll-up that turns a muscle map into a compartment map.
 
-Grades are read per *region*: by default a compartment of one side, e.g.
-``thigh_anterior_right``, whose names are the same at both label levels. A
-muscle-level schema may instead grade **every muscle** (``graded_level`` =
-``"muscle"``): each region is one muscle of one side, e.g.
-``thigh_semimembranosus_right``, and carries its compartment, so that muscle
-grades roll up to the compartments (:meth:`LabelSchema.compartment_schema`,
-``grading.tables.rollup_regions``).
+Grades are read per *region*: a compartment of one side (``thigh_anterior_right``,
+the same name at both label levels), or in a muscle-graded schema one muscle of
+one side (``thigh_semimembranosus_right``) carrying the compartment it rolls up
+to (:meth:`LabelSchema.compartment_schema`, ``grading.rollup_regions``).
 """
 
 from __future__ import annotations
@@ -30,25 +27,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "STATIONS",
-    "SIDES",
-    "COMPARTMENTS",
-    "MUSCLES",
-    "PATTERNS",
-    "EXTENT_CLASSES",
-    "GradeScale",
-    "GRADE_SCALES",
-    "FAT_SCALE",
-    "get_grade_scale",
-    "Region",
-    "LabelSchema",
-    "default_compartment_schema",
-    "default_muscle_schema",
-    "region_name",
-    "STRUCTURES",
-    "STRUCTURE_SIDES",
-    "muscle_region_name",
-    "SchemaError",
+    "COMPARTMENTS", "EXTENT_CLASSES", "FAT_SCALE", "GRADE_SCALES", "MUSCLES", "PATTERNS", "SIDES",
+    "STATIONS", "STRUCTURES", "STRUCTURE_SIDES", "GradeScale", "LabelSchema", "Region",
+    "SchemaError", "default_compartment_schema", "default_muscle_schema", "get_grade_scale",
+    "muscle_region_name", "region_name",
 ]
 
 STATIONS: tuple[str, ...] = ("thigh", "calf")
@@ -59,32 +41,17 @@ COMPARTMENTS: dict[str, tuple[str, ...]] = {
 }
 MUSCLES: dict[str, dict[str, tuple[str, ...]]] = {
     "thigh": {
-        "anterior": (
-            "sartorius",
-            "rectus_femoris",
-            "vastus_lateralis",
-            "vastus_medialis",
-            "vastus_intermedius",
-        ),
+        "anterior": ("sartorius", "rectus_femoris", "vastus_lateralis", "vastus_medialis",
+                     "vastus_intermedius"),
         "medial": ("gracilis", "adductor_longus", "adductor_brevis", "adductor_magnus"),
-        "posterior": (
-            "biceps_femoris_long_head",
-            "biceps_femoris_short_head",
-            "semimembranosus",
-            "semitendinosus",
-        ),
+        "posterior": ("biceps_femoris_long_head", "biceps_femoris_short_head", "semimembranosus",
+                      "semitendinosus"),
     },
     "calf": {
         "anterior": ("tibialis_anterior", "extensor_hallucis_longus", "extensor_digitorum_longus"),
         "lateral": ("peroneus_longus", "peroneus_brevis"),
-        "posterior": (
-            "gastrocnemius_medial_head",
-            "gastrocnemius_lateral_head",
-            "soleus",
-            "tibialis_posterior",
-            "flexor_hallucis_longus",
-            "flexor_digitorum_longus",
-        ),
+        "posterior": ("gastrocnemius_medial_head", "gastrocnemius_lateral_head", "soleus",
+                      "tibialis_posterior", "flexor_hallucis_longus", "flexor_digitorum_longus"),
     },
 }
 PATTERNS: tuple[str, ...] = ("none", "patchy", "mixed", "diffuse")
@@ -412,15 +379,13 @@ class LabelSchema:
         like the default compartment regions, whose labels are its muscles' (same label values)."""
         if self.graded_level == "compartment":
             return self
-        regions: dict[str, Region] = {}
+        members: dict[str, list[int]] = {}
         for r in self.regions.values():
-            name = region_name(r.station, r.compartment, r.side)
-            prev = regions.get(name)
-            labels = (prev.labels if prev else ()) + tuple(v for v in r.labels
-                                                            if not prev or v not in prev.labels)
-            regions[name] = Region(name, r.station, r.compartment, r.side, labels)
-        order = [region_name(st, c, sd) for st in STATIONS for sd in SIDES for c in COMPARTMENTS[st]]
-        regions = {n: regions[n] for n in order if n in regions}
+            members.setdefault(region_name(r.station, r.compartment, r.side), []).extend(r.labels)
+        regions = {region_name(st, c, sd): Region(region_name(st, c, sd), st, c, sd,
+                                                  tuple(dict.fromkeys(members[region_name(st, c, sd)])))
+                   for st in STATIONS for sd in SIDES for c in COMPARTMENTS[st]
+                   if region_name(st, c, sd) in members}
         return LabelSchema(labels=dict(self.labels), regions=regions, level=self.level)
 
     def rollup(self) -> dict[str, str]:
@@ -525,14 +490,8 @@ def default_compartment_schema() -> LabelSchema:
 
 
 def default_muscle_schema(graded: str = "compartment") -> LabelSchema:
-    """The muscle-level schema (every muscle per side) with its roll-up to compartments.
-
-    Args:
-        graded: ``"compartment"`` (default): the graded regions are the
-            compartments, each made of its muscles' labels; ``"muscle"``:
-            every muscle of each side is a graded region
-            (``thigh_semimembranosus_right``), rolling up to its compartment.
-    """
+    """The muscle-level schema: every muscle per side a label; graded per compartment (made of its
+    muscles' labels), or with ``graded="muscle"`` per muscle (``thigh_semimembranosus_right``)."""
     if graded not in ("compartment", "muscle"):
         raise SchemaError(f"graded must be 'compartment' or 'muscle', not {graded!r}")
     labels = _muscle_labels()

@@ -14,6 +14,7 @@ says what each output means in the readers' terms):
 
 from __future__ import annotations
 
+from nxp2seg.grading.rollup import rollup_regions
 from nxp2seg.grading.rules import (
     as_scale,
     asymmetry,
@@ -33,7 +34,6 @@ from nxp2seg.grading.tables import (
     case_targets,
     pattern_targets,
     rater_mean_targets,
-    rollup_regions,
     scores_table,
     subject_scores,
 )

@@ -28,7 +28,8 @@ import pandas as pd
 
 from nxp2seg.data.schema import PATTERNS, STRUCTURE_SIDES, LabelSchema
 from nxp2seg.data.sides import label_sides
-from nxp2seg.grading.tables import rollup_regions, subject_scores
+from nxp2seg.grading.rollup import rollup_regions
+from nxp2seg.grading.tables import subject_scores
 from nxp2seg.io import atomic_write_bytes, atomic_write_text, nifti_bytes, write_csv
 
 __all__ = [
