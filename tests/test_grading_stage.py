@@ -434,3 +434,100 @@ def test_ensemble_members_train_apart_and_grade_together():
         together = head(feats.x, feats.station_index)["edema"]
     assert not torch.allclose(each[0], each[1])  # own initialisation and seed
     assert torch.allclose(together, torch.stack(each).mean(0), atol=1e-6)
+
+
+# -- grade scales and label levels -------------------------------------------------
+
+
+def test_muscle_level_slots_pad_the_smaller_station():
+    from helpers_muscle import per_muscle_schema
+
+    from nxp2seg.data.regions import (
+        case_targets,
+        lr_permutation,
+        n_region_slots,
+        region_membership,
+        slot_counts,
+        subcut_membership,
+    )
+    from nxp2seg.data.schema import get_grade_scale
+
+    schema = per_muscle_schema()
+    assert slot_counts(schema) == (26, 22) and n_region_slots(schema) == 26
+    c = schema.max_label + 1
+    calf = region_membership(schema, "calf", c)
+    assert calf.shape == (26, c) and calf[:22].sum(axis=1).tolist() == [1.0] * 22
+    assert not calf[22:].any() and not subcut_membership(schema, "calf", c)[22:].any()
+    names = schema.region_names("thigh")
+    perm = lr_permutation(schema, "thigh")
+    assert names[perm[names.index("vastus_lateralis_right")]] == "vastus_lateralis_left"
+    assert names[perm[names.index("semitendinosus_left")]] == "semitendinosus_right"
+    assert lr_permutation(schema, "calf")[22:].tolist() == [22, 23, 24, 25]  # empty slots stay
+    grades = pd.DataFrame(
+        {"case_id": "c1", "rater": "A", "region": "soleus_left", "edema_grade": [2.0],
+         "fat_grade": [1.0], "fascial_edema": [0.0], "subcutaneous_edema": [1.0]}
+    )
+    t = case_targets(grades, None, schema, get_grade_scale("extent4"), {"c1": "calf"})["c1"]
+    slot = schema.region_names("calf").index("soleus_left")
+    assert t["edema_target"].shape == (26,) and t["edema_target"][slot] == 2.0
+    assert np.isnan(np.delete(t["edema_target"], slot)).all()
+
+
+def test_empty_slots_do_not_reach_the_head_outputs():
+    from nxp2seg.models.grading import GradingHead
+
+    torch.manual_seed(0)
+    head = GradingHead(7, max_grade=3, n_regions=5, slot_counts=[5, 3], ensemble=2).eval()
+    x = torch.randn(2, 5, 7)
+    station = torch.tensor([0, 1])
+    out = head(x, station)
+    noisy = x.clone()
+    noisy[1, 3:] = 100.0  # garbage in the calf's empty slots
+    again = head(noisy, station)
+    for k in ("edema", "fat", "fascial_logit", "subcut_logit", "pattern_logits"):
+        assert torch.allclose(out[k], again[k]), k
+    assert (out["edema"][1, 3:] == 0).all() and (out["fat"][1, 3:] == 0).all()
+    assert (out["edema"][0] > 0).all()  # the thigh uses every slot
+    with pytest.raises(ValueError, match="slot_counts"):
+        GradingHead(7, max_grade=3, n_regions=5, slot_counts=[6, 3])
+
+
+@pytest.fixture(scope="module")
+def muscle_run(tmp_path_factory):
+    """The default grading mode, default logger and callbacks on a muscle-graded extent4 cohort."""
+    from helpers_muscle import muscle_graded_phantom
+
+    from nxp2seg.train import train
+
+    root = tmp_path_factory.mktemp("muscle")
+    cohort = muscle_graded_phantom(root / "m4", subjects=4, seed=0, grade_scale="extent4")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = compose_train(_overrides(cohort, root, "grading_stage.perturb=0", "grading_stage.epochs=3"))
+        assert "csv" in cfg.logger and "model_checkpoint" in cfg.callbacks  # the defaults
+        _, objects = train(cfg)
+    finally:
+        torch.set_num_threads(n)
+    return objects
+
+
+def test_the_cohort_scale_and_muscle_regions_reach_the_staged_head(muscle_run):
+    from nxp2seg.models.bundle import load_bundle
+
+    dm, model = muscle_run["datamodule"], muscle_run["model"]
+    assert dm.grade_scale.name == "extent4" and model.grade_scale.max_grade == 3
+    assert model.grader.head.max_grade == 3.0 and model.grader.head.n_regions == 26
+    assert (muscle_run["cfg"].output_dir and (muscle_run["bundle_dir"].parent / "csv" / "metrics.csv").is_file())
+    bundle = load_bundle(muscle_run["bundle_dir"])
+    assert bundle.grade_scale.name == "extent4"
+    kwargs = bundle.manifest["grader"]["kwargs"]
+    assert kwargs["max_grade"] == 3 and kwargs["n_regions"] == 26 and kwargs["slot_counts"] == [26, 22]
+    net = bundle.build_model()
+    shape = dm.preprocessing.canvas_size or dm.preprocessing.patch_size
+    out = net.predict(torch.randn(2, 3, *shape), ["thigh", "calf"])
+    assert out["edema"].shape == (2, 26)
+    assert ((out["edema"] >= 0) & (out["edema"] <= 3)).all()
+    assert (out["edema"][1, 22:] == 0).all() and (out["edema"][0] > 0).all()
+    val = bundle.validation["val"]
+    assert "station_score_icc" in val and "edema_kappa_quadratic" in val

@@ -115,7 +115,8 @@ def build_grader(
 
     Runtime arguments: ``feature_channels`` (the network's last decoder width),
     ``spacing`` (target spacing), ``max_grade`` (the cohort's edema scale,
-    ``dataset.json`` ``grade_scale``), ``n_regions`` (region slots per station) and
+    ``dataset.json`` ``grade_scale``), ``n_regions`` (region slots per station),
+    ``slot_counts`` (graded regions of each station) and
     ``bone_label`` (the schema's ``bone`` label, or ``None``);
     ``overrides`` replace config values (the grading stage: ``learn_thresholds=False``).
 
@@ -123,6 +124,7 @@ def build_grader(
         ``(grader, spec)``; ``spec`` (``target``, ``kwargs``, ``state_prefix``)
         rebuilds it from a bundle.
     """
+    from nxp2seg.data.regions import slot_counts
     from nxp2seg.models.grading import FeatureTap
 
     tap = FeatureTap(net)
@@ -133,6 +135,7 @@ def build_grader(
         "spacing": [float(s) for s in datamodule.preprocessing.target_spacing],
         "max_grade": int(datamodule.grade_scale.max_grade),
         "n_regions": int(datamodule.n_regions),
+        "slot_counts": list(slot_counts(datamodule.schema)),
         "bone_label": datamodule.schema.labels.get("bone"),
         **overrides,
     }
@@ -315,7 +318,10 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
     net, net_spec = build_network(cfg, datamodule)
     mode = grading_mode(cfg)
     grader_spec = None
-    extra: dict[str, Any] = {"grading": None} if mode == "staged" else {}
+    # the cohort's grade scale reaches the model in every mode (the staged head is attached later)
+    extra: dict[str, Any] = (
+        {"grading": None, "grade_scale": datamodule.grade_scale.name} if mode == "staged" else {}
+    )
     if mode == "joint":  # the grading head trains with the segmenter
         grader, grader_spec = build_grader(cfg, datamodule, net)
         extra = {

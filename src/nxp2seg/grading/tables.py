@@ -407,7 +407,8 @@ def case_targets(
     """The readers' truth of each case as slot vectors (NaN = not graded: masked out of the loss).
 
     Slots are the station's graded regions in schema order
-    (:meth:`~nxp2seg.data.schema.LabelSchema.region_names`, as :mod:`nxp2seg.data.regions`).
+    (:meth:`~nxp2seg.data.schema.LabelSchema.region_names`, as :mod:`nxp2seg.data.regions`),
+    padded with NaN to the largest station's number of regions.
 
     Per case: ``edema_target``, ``fat_target``, ``fascial_target``,
     ``subcut_target`` ``(R,)`` float32 rater means
@@ -425,10 +426,11 @@ def case_targets(
         case_ids: cases to return (default: every case of ``stations``).
     """
     ids = list(case_ids) if case_ids is not None else list(stations)
-    n_slots = {st: len(schema.region_names(st)) for st in STATIONS}
+    # every case has the largest station's number of slots; a station with fewer regions
+    # (a muscle-level schema: 26 thigh, 22 calf muscles) keeps NaN in its last slots
+    r = max(len(schema.region_names(st)) for st in STATIONS)
     out: dict[str, dict[str, Any]] = {}
     for cid in ids:
-        r = n_slots[stations[cid]]
         out[cid] = {
             "edema_target": np.full(r, np.nan, np.float32),
             "fat_target": np.full(r, np.nan, np.float32),

@@ -194,6 +194,11 @@ class GradingHead(nn.Module):
         ensemble: MLP members (each its own initialisation, trained apart, averaged):
             on ~60 training cases one MLP's grades move with its seed by
             +-0.03 kappa; the mean of five does not.
+        slot_counts: real regions of each station (``n_stations`` entries, at most
+            ``n_regions``; default: every slot of every station). A station with fewer
+            regions (a muscle-level schema: 26 thigh, 22 calf muscles) leaves its last
+            slots empty: they are left out of the station context and the pattern, and
+            their outputs are 0 (:func:`nxp2seg.data.regions.slot_counts`).
     """
 
     def __init__(
@@ -208,6 +213,7 @@ class GradingHead(nn.Module):
         max_fat: int = 4,
         n_patterns: int = 4,
         ensemble: int = 1,
+        slot_counts: Sequence[int] | None = None,
     ):
         super().__init__()
         if int(ensemble) < 1:
@@ -215,6 +221,14 @@ class GradingHead(nn.Module):
         self.max_grade = float(max_grade)
         self.max_fat = float(max_fat)
         self.n_regions = int(n_regions)
+        counts = [int(n_regions)] * int(n_stations) if slot_counts is None else [int(c) for c in slot_counts]
+        if len(counts) != int(n_stations) or not all(0 <= c <= self.n_regions for c in counts):
+            raise ValueError(
+                f"GradingHead: slot_counts {counts} must give 0..{self.n_regions} regions for each of "
+                f"{n_stations} stations"
+            )
+        valid = torch.arange(self.n_regions)[None, :] < torch.tensor(counts)[:, None]
+        self.register_buffer("slot_valid", valid, persistent=False)
         self.register_buffer("readout_mean", torch.zeros(in_features))
         self.register_buffer("readout_std", torch.ones(in_features))
         self.readout = nn.Linear(in_features, len(READOUTS))
@@ -240,12 +254,15 @@ class GradingHead(nn.Module):
         if r != self.n_regions:
             raise ValueError(f"GradingHead was built for {self.n_regions} regions, got {r}")
         station = station_index.to(device=x.device, dtype=torch.long).view(b)
-        o = self.readout(self.standardized(x))
-        fat = self.max_fat * torch.sigmoid(o[..., 0])
+        valid = self.slot_valid[station].to(x.dtype)  # (B, R): real regions of each case's station
+        x = x * valid[..., None]
+        o = self.readout(self.standardized(x)) * valid[..., None]
+        fat = self.max_fat * torch.sigmoid(o[..., 0]) * valid
         readouts = torch.stack([fat / self.max_fat, torch.sigmoid(o[..., 1]), torch.sigmoid(o[..., 2])], -1)
         members = self.members if self.active_member is None else [self.members[self.active_member]]
-        grades, patterns = zip(*(m(x, station, readouts.detach(), self.max_grade) for m in members))
-        edema = torch.stack(grades).mean(dim=0)
+        grades, patterns = zip(*(m(x, station, readouts.detach() * valid[..., None], self.max_grade, valid)
+                                 for m in members))
+        edema = torch.stack(grades).mean(dim=0) * valid
         if len(patterns) == 1:
             pattern = patterns[0]
         else:
@@ -284,11 +301,14 @@ class _EdemaPatternNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, station: torch.Tensor, readouts: torch.Tensor,
-                max_grade: float) -> tuple[torch.Tensor, torch.Tensor]:
+                max_grade: float, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, r, _ = x.shape
         slots = station[:, None] * r + torch.arange(r, device=x.device)[None, :]
-        context = x.mean(dim=1, keepdim=True).expand_as(x)
+        # the station's mean region vector, over its real regions only
+        mean = (x * valid[..., None]).sum(dim=1, keepdim=True) / valid.sum(dim=1).clamp_min(1.0)[:, None, None]
+        context = mean.expand_as(x)
         h = self.mlp(torch.cat([self.norm(torch.cat([x, context], -1)), self.slot(slots)], -1))
+        h = h * valid[..., None]
         edema = max_grade * torch.sigmoid(self.edema_out(h)[..., 0])
         summary = torch.cat([(edema / max_grade).detach()[..., None], readouts], -1)
         pattern_in = torch.cat([torch.cat([h, summary], -1).reshape(b, -1), self.station(station)], -1)
@@ -341,6 +361,7 @@ def build_grader(
     bone_label: int | None = None,
     max_fat: int = 4,
     ensemble: int = 1,
+    slot_counts: Sequence[int] | None = None,
 ) -> Grader:
     """The grader from config (``model.grading``; a partial completed at run time).
 
@@ -373,5 +394,6 @@ def build_grader(
         dropout=dropout,
         max_fat=max_fat,
         ensemble=ensemble,
+        slot_counts=slot_counts,
     )
     return Grader(features, head)

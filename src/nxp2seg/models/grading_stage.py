@@ -398,6 +398,7 @@ def head_rows(head: nn.Module, feats: CaseFeatures) -> dict[str, np.ndarray]:
         "subcut_target": t["subcut_target"].numpy(),
         "pattern_prob": torch.softmax(out["pattern_logits"].float(), -1).cpu().numpy(),
         "pattern_index": t["pattern_index"].numpy(),
+        "slot_valid": head.slot_valid[feats.station_index.to(head.slot_valid.device)].cpu().numpy(),
     }
 
 

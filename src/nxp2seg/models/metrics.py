@@ -56,6 +56,7 @@ def grading_metrics(
     subcut_target: np.ndarray,
     pattern_prob: np.ndarray,
     pattern_index: np.ndarray,
+    slot_valid: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Agreement of the model with the readers' mean over a set of cases.
 
@@ -67,6 +68,9 @@ def grading_metrics(
         subcut_prob, subcut_target: likewise for subcutaneous edema.
         pattern_prob: ``(N, 4)`` probabilities; pattern_index ``(N,)`` readers'
             majority pattern (``-1`` = none given).
+        slot_valid: ``(N, R)`` bool, the slots that are regions of the case's station
+            (default: all); empty slots (a station with fewer regions than ``R``) are
+            left out of the station score.
 
     Returns:
         :data:`GRADING_METRICS`: quadratic-weighted kappa of the integer grades
@@ -111,8 +115,9 @@ def grading_metrics(
     )
     out["fascial_auc"] = _flag_auc(np.asarray(fascial_target, float), np.asarray(fascial_prob))
     out["subcut_auc"] = _flag_auc(np.asarray(subcut_target, float), np.asarray(subcut_prob))
-    truth_score = station_score(et)  # NaN where a region is not graded
-    pred_score = station_score(e)
+    real = np.ones(et.shape, bool) if slot_valid is None else np.asarray(slot_valid, bool)
+    truth_score = station_score(np.where(real, et, 0.0))  # NaN where a real region is not graded
+    pred_score = station_score(np.where(real, e, 0.0))
     out["station_score_icc"] = float(icc(np.column_stack([pred_score, truth_score]))["icc"])
     return {k: float(out[k]) for k in GRADING_METRICS}
 
