@@ -4,8 +4,9 @@
 Usage: python scripts/grading_reference_ceiling.py BUNDLE [--cohort DIR] [--no-baseline]
            [--json OUT] [key=value ...]
 
-Edema is read as STIR over the case's normal muscle (:mod:`nxp2seg.models.tissue`):
-the lowest strong histogram peak of each leg's clean muscle. On stations where
+Edema is read as STIR over the case's normal muscle, from the configured reference
+estimator (:mod:`nxp2seg.models.tissue`; the default, the lowest strong histogram
+peak of each leg's clean muscle). On stations where
 almost no muscle is normal that peak can be an edema population, or a
 partial-volume one. This script measures, on a phantom cohort (it needs the
 phantom's ``truth/edema`` and ``truth/fat_percent`` maps):
@@ -21,20 +22,21 @@ phantom's ``truth/edema`` and ``truth/fat_percent`` maps):
    features, head, schedule). The difference is what a better reference could
    still gain; what is left is the head, the regions and the readers' noise.
 
-Cases are matched to their true references by the STIR air level of the whole
-preprocessed volume (:func:`nxp2seg.models.tissue.stir_zero`), which both
-paths compute identically; a case that does not match keeps its own reference
-and is counted. ``key=value`` as for ``grading_stage_on_bundle.py``. About 8
-minutes on 2 CPU cores for the default phantom (4 without the baseline).
+The true reference enters through the estimator seam of the grader
+(:class:`TruthReference`, given to ``stage_on_bundle(reference=...)``): the
+cohort statistics and every feature pass read it. Cases are matched to their
+true references by the STIR air level of the whole preprocessed volume
+(:func:`nxp2seg.models.tissue.stir_zero`), which every path computes
+identically; a case that does not match keeps the estimated reference and is
+counted. Overrides as for ``grading_stage_on_bundle.py``. About 8 minutes on
+2 CPU cores for the default phantom (4 without the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,7 @@ METRICS = (
 )
 
 
-def true_references(bundle, cohort: Path) -> list[dict]:
+def true_references(bundle, cohort: Path, clean: tuple[float, float]) -> list[dict]:
     """Per case: split, STIR air level, true normal-muscle STIR and lowest peak of each leg."""
     import pandas as pd
     import torch
@@ -62,7 +64,7 @@ def true_references(bundle, cohort: Path) -> list[dict]:
     from monai import transforms as mt
 
     from nxp2seg.data.transforms import preprocess_transforms
-    from nxp2seg.models.tissue import tissue_reference
+    from nxp2seg.models.tissue import LowestPeakReference
 
     if not (cohort / "truth" / "edema").is_dir():
         raise SystemExit(f"{cohort}: no truth/edema folder; this diagnostic needs a phantom cohort")
@@ -82,7 +84,7 @@ def true_references(bundle, cohort: Path) -> list[dict]:
         lateral = image[0, 2]
         muscle = torch.isin(lab, torch.tensor(muscle_values, dtype=lab.dtype))
         fat = torch.isin(lab, torch.tensor(fat_values, dtype=lab.dtype))
-        ref = tissue_reference(image, muscle.float()[None], fat.float()[None], lateral[None])
+        ref = LowestPeakReference()(image, muscle.float()[None], fat.float()[None], clean, lateral=lateral[None])
         normal = muscle & (torch.as_tensor(edema) == 0) & (torch.as_tensor(fat_pc) == 0)
         window = F.avg_pool3d(normal.float()[None, None], (3, 3, 1), 1, (1, 1, 0))[0, 0]
         normal = normal & (window > 1.0 - 1e-4)
@@ -119,35 +121,31 @@ def reference_errors(rows: list[dict]) -> dict:
     }
 
 
-@contextlib.contextmanager
-def truth_reference(rows: list[dict], stats: dict) -> Iterator[None]:
-    """Replace the region features' normal-muscle reference by each case's true one."""
-    import nxp2seg.models.region_features as rf
+class TruthReference:
+    """A reference estimator that knows the phantom's truth: each case's true per-leg normal-muscle
+    STIR in place of the estimate (matched by the air level; unmatched cases keep the estimate)."""
 
-    table = {round(r["zero"], 4): r for r in rows}
-    original = rf.tissue_reference
+    def __init__(self, rows: list[dict], estimator):
+        self.table = {round(r["zero"], 4): r for r in rows}
+        self.estimator = estimator
+        self.zero_percentile = estimator.zero_percentile
+        self.stats = {"replaced": 0, "kept": 0}
 
-    def patched(image, muscle, fat, lateral=None, zero=None, **kwargs):
-        ref = original(image, muscle, fat, lateral, zero=zero, **kwargs)
+    def __call__(self, image, muscle, fat, clean, lateral=None, zero=None):
+        ref = self.estimator(image, muscle, fat, clean, lateral=lateral, zero=zero)
         for b in range(image.shape[0]):
-            row = table.get(round(float(ref.stir_zero[b]), 4))
+            row = self.table.get(round(float(ref.stir_zero[b]), 4))
             legs = [row[f"true_{s}"] for s in ("right", "left")] if row else [None, None]
             if row is None or all(v is None for v in legs):
-                stats["kept"] += 1
+                self.stats["kept"] += 1
                 continue
             right = legs[0] if legs[0] is not None else legs[1]
             left = legs[1] if legs[1] is not None else legs[0]
-            stats["replaced"] += 1
+            self.stats["replaced"] += 1
             if ref.stir_muscle_side is not None:
                 ref.stir_muscle_side[b, 0], ref.stir_muscle_side[b, 1] = right, left
             ref.stir_muscle[b] = 0.5 * (right + left)
         return ref
-
-    rf.tissue_reference = patched
-    try:
-        yield
-    finally:
-        rf.tissue_reference = original
 
 
 def main() -> None:
@@ -155,23 +153,43 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("options", nargs="*", help="StageOptions / grader.key=value, as grading_stage_on_bundle.py")
+    ap.add_argument("overrides", nargs="*", help="grading.key=value, as grading_stage_on_bundle.py")
     ap.add_argument("--cohort", type=Path, help="the phantom cohort (default: the bundle's)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run with the shipped reference")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
+    from grading_stage_on_bundle import grading_config
+    from omegaconf import OmegaConf
+
+    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.tissue import make_reference
+
     bundle = load_bundle(args.bundle)
     cohort = args.cohort or Path(bundle.validation.get("data", {}).get("cohort", ""))
+    runs, clean = {}, None
+    if not args.no_baseline:
+        shipped = stage_on_bundle(args.bundle, args.overrides, args.cohort)[0]
+        runs["shipped reference"] = shipped.metrics
+        clean = tuple(shipped.summary["thresholds"]["clean"])
+    spec = GraderSpec.from_mapping(OmegaConf.to_container(grading_config(args.overrides).grading, resolve=True))
+    if clean is None:  # the clean-muscle window of the cohort (the estimator's own statistics)
+        from nxp2seg.data.datamodule import CohortDataModule
+        from nxp2seg.models.grading_features import cohort_scale
+        from nxp2seg.models.grading_scale import thresholds
+
+        dm = CohortDataModule(cohort=cohort, split=OmegaConf.to_container(bundle.config.data.split, resolve=True),
+                              preprocessing=bundle.preprocessing, loader={"verify": False})
+        dm.setup("fit")
+        scale = cohort_scale(dm, make_reference(spec.reference), spec.reference.clean_sd,
+                             spec.features.stir_high_quantile)
+        clean = tuple(thresholds(scale, spec.features, spec.reference)["clean"])
     print("true normal-muscle STIR of every case ...")
-    rows = true_references(bundle, cohort)
+    rows = true_references(bundle, cohort, clean)
     report: dict = {"reference": reference_errors(rows)}
     print(json.dumps(report["reference"], indent=1))
-    runs = {}
-    if not args.no_baseline:
-        runs["shipped reference"] = stage_on_bundle(args.bundle, args.options, args.cohort)[0].metrics
-    stats = {"replaced": 0, "kept": 0}
-    with truth_reference(rows, stats):
-        runs["true reference"] = stage_on_bundle(args.bundle, args.options, args.cohort)[0].metrics
+    truth = TruthReference(rows, make_reference(spec.reference))
+    runs["true reference"] = stage_on_bundle(args.bundle, args.overrides, args.cohort, reference=truth)[0].metrics
+    stats = truth.stats
     report["truth_lookups"] = stats
     report["runs"] = runs
     print(f"\ntrue references used in {stats['replaced']} feature passes, own reference kept in {stats['kept']}")

@@ -1,21 +1,21 @@
 #!/usr/bin/env python
-"""Train the grading head on frozen features of an existing segmentation bundle.
+"""Learn the grader on the frozen segmenter of an existing bundle.
 
 Usage: python scripts/grading_stage_on_bundle.py BUNDLE [--out NEW_BUNDLE]
-           [--cohort DIR] [--threads N] [key=value ...]
+           [--cohort DIR] [--threads N] [--features CACHE.pt] [--json OUT.json]
+           [grading.key=value ...]
 
-The same stage as ``python -m nxp2seg.train grading=staged`` runs after its
-segmentation fit (:mod:`nxp2seg.models.grading_stage`), on a bundle already
-trained: the cohort and the train/val/test split come from the bundle's config
-(``--cohort`` points at another copy of the same cohort), the head and its
-losses are the ``grading=staged`` config's (``grader.key=value`` changes
-one), and
-``key=value`` set :class:`~nxp2seg.models.grading_stage.StageOptions`
-(``epochs=500 mirror=true monitor=val_loss seed=1``). It prints the validation
-and test agreement, the readers' own kappa and the seconds spent; with
-``--out`` it writes a new bundle holding the network and the head (as the
-staged training writes it). Minutes on 2 CPU cores for the default phantom,
-instead of retraining the segmenter.
+The grading stage ``python -m nxp2seg.train`` runs after its segmentation fit
+(:mod:`nxp2seg.models.grading_stage`), on a bundle already trained: the cohort
+and the train/val/test split come from the bundle's config (``--cohort`` points
+at another copy of the same cohort), the grader is the package's default
+``grading`` config with the given overrides (Hydra dot-list, e.g.
+``grading.fit.folds=0 grading.features.decoder_features=false
+grading.operating.flags=specificity``). It prints the validation and test
+agreement, the operating points and the seconds spent; with ``--out`` it writes
+a new bundle holding the network and the grader (as training writes it).
+Minutes on 2 CPU cores for the default phantom, instead of retraining the
+segmenter.
 """
 
 from __future__ import annotations
@@ -24,54 +24,56 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _staged_grading_config() -> dict:
-    """``model.grading`` of ``grading=staged`` (the package's configs), without ``_target_``."""
+def grading_config(overrides: list[str]) -> Any:
+    """The package's ``train.yaml`` composed with ``overrides`` (its ``grading`` block is used)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     import nxp2seg
 
     configs = Path(nxp2seg.__file__).resolve().parent / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["grading=staged"])
-    grading = OmegaConf.to_container(cfg.model.grading, resolve=True)
-    return {k: v for k, v in grading.items() if not k.startswith("_")}
+        return compose(config_name="train", overrides=list(overrides))
 
 
-def parse_options(pairs: list[str]) -> tuple[dict, dict]:
-    """``key=value`` pairs -> (StageOptions mapping, grader overrides for ``grader.key=value``)."""
-    opts: dict = {"enabled": True}
-    grader_overrides: dict = {}
-    for kv in pairs:
-        key, _, value = kv.partition("=")
-        parsed = json.loads(value) if value not in ("", "None") else None
-        if key.startswith("grader."):  # RegionFeatures/GradingHead options, e.g. grader.reference="tissue"
-            grader_overrides[key[len("grader.") :]] = parsed
-        else:
-            opts[key] = parsed
-    return opts, grader_overrides
+def stage_on_bundle(bundle_path: Path, overrides: list[str], cohort: Path | None = None,
+                    reference: Any = None, features: Path | None = None) -> tuple[Any, Any, Any, dict]:
+    """Learn a grader on ``bundle_path``'s frozen network.
 
+    Args:
+        bundle_path: a bundle written by ``nxp2seg.train``.
+        overrides: Hydra overrides of ``train.yaml`` (``grading.*`` are the ones that matter).
+        cohort: the cohort (default: the bundle's).
+        reference: a normal-muscle reference estimator to use instead of the configured one
+            (the seam of :mod:`nxp2seg.models.tissue`; e.g. an oracle in a diagnostic).
+        features: a cache file: when it exists, the features, thresholds and cohort
+            statistics of an earlier run are reused (same bundle and feature config: the
+            caller's responsibility); otherwise the run's are written there.
 
-def stage_on_bundle(bundle_path: Path, pairs: list[str], cohort: Path | None = None):
-    """Train a grading head on ``bundle_path``'s frozen network; returns ``(result, bundle, net, grader, kwargs)``."""
+    Returns:
+        ``(result, bundle, graded, grader_spec)``: the
+        :class:`~nxp2seg.models.grading_stage.StageResult`, the loaded bundle, the
+        :class:`~nxp2seg.models.myositis.GradingNet` (network + learned grader) and the
+        bundle's ``grader`` entry.
+    """
     import torch
     from omegaconf import OmegaConf
 
     from nxp2seg.data.datamodule import CohortDataModule
     from nxp2seg.inference.predictor import Predictor
     from nxp2seg.models.bundle import load_bundle
-    from nxp2seg.models.grading import FeatureTap, build_grader
-    from nxp2seg.models.grading_stage import StageOptions, run_grading_stage
-    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
-    from nxp2seg.models.myositis import size_divisor_of
+    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_stage import run_grading_stage
+    from nxp2seg.models.myositis import GradingNet
+    from nxp2seg.train import build_grader
 
-    opts, grader_overrides = parse_options(pairs)
-    options = StageOptions.from_mapping(opts)
+    cfg = grading_config(overrides)
+    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
     bundle = load_bundle(bundle_path)
     if bundle.has_grading:
-        print(f"{bundle_path}: already has a grading head; training a new one")
+        print(f"{bundle_path}: already has a grader; learning a new one")
     cohort = cohort or Path(bundle.validation.get("data", {}).get("cohort", ""))
     dm = CohortDataModule(
         cohort=cohort,
@@ -81,35 +83,20 @@ def stage_on_bundle(bundle_path: Path, pairs: list[str], cohort: Path | None = N
     )
     dm.setup("fit")
     net = bundle.build_network()
-    tap = FeatureTap(net)
-    channels = tap.channels
-    tap.remove()
-    prep = bundle.preprocessing
-    grader_kwargs = {
-        **_staged_grading_config(),
-        "feature_channels": int(channels),
-        "spacing": [float(s) for s in prep.target_spacing],
-        "max_grade": int(dm.grade_scale.max_grade),
-        "n_regions": int(dm.n_regions),
-        "bone_label": dm.schema.labels.get("bone"),
-        "learn_thresholds": False,
-        **grader_overrides,
-    }
     with torch.random.fork_rng():
-        torch.manual_seed(options.seed)
-        grader = build_grader(**grader_kwargs)
+        torch.manual_seed(int(spec.fit.seed))
+        grader, grader_spec = build_grader(cfg, dm, net)
+    if reference is not None:
+        grader.features.reference = reference
+    prep = bundle.preprocessing
+    graded = GradingNet(net, grader, canvas_size=list(prep.canvas_size or prep.patch_size),
+                        schema=dm.schema, grade_scale=dm.grade_scale.name)
     segmenter = Predictor(bundle).segmenter  # the sliding-window inference predict segments with
-    result = run_grading_stage(
-        net,
-        grader,
-        dm,
-        options,
-        DEFAULT_LOSS_WEIGHTS,
-        canvas_size=list(prep.canvas_size or prep.patch_size),
-        size_divisor=size_divisor_of(net),
-        segment=segmenter.infer,
-    )
-    return result, bundle, net, grader, grader_kwargs
+    cached = torch.load(features, weights_only=False) if features is not None and features.is_file() else None
+    result = run_grading_stage(graded, dm, spec, segment=segmenter.infer, cached=cached)
+    if features is not None and cached is None:
+        torch.save(result, features)
+    return result, bundle, graded, grader_spec
 
 
 def main() -> None:
@@ -117,46 +104,35 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from nxp2seg.models.bundle import write_bundle
-    from nxp2seg.models.myositis import GradingNet
 
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("options", nargs="*", help="StageOptions as key=value")
-    ap.add_argument("--out", type=Path, help="write a bundle with the head here")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. grading.fit.epochs=30")
+    ap.add_argument("--out", type=Path, help="write a bundle with the grader here")
     ap.add_argument("--cohort", type=Path, help="the cohort (default: the bundle's)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, help="also write the metrics and the stage summary here")
+    ap.add_argument("--features", type=Path, help="feature cache: reuse it when it exists, else write it")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result, bundle, net, grader, grader_kwargs = stage_on_bundle(args.bundle, args.options, args.cohort)
-    prep = bundle.preprocessing
-    print(json.dumps({"metrics": result.metrics, "stage": result.summary}, indent=1))
-    print(f"total {time.perf_counter() - t0:.1f} s")
+    result, bundle, graded, grader_spec = stage_on_bundle(args.bundle, args.overrides, args.cohort,
+                                                             features=args.features)
+    report = {"metrics": result.metrics, "stage": result.summary, "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(report, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
     if args.out:
         validation = dict(bundle.validation)
         for split, values in result.metrics.items():
             validation[split] = {**validation.get(split, {}), **values}
         validation["grading_stage"] = result.summary
         config = OmegaConf.create(OmegaConf.to_container(bundle.config, resolve=True))
-        config.grading_stage = OmegaConf.create(result.summary["options"])
-        write_bundle(
-            args.out,
-            GradingNet(net, grader),
-            config=config,
-            dataset=bundle.dataset,
-            preprocessing=prep,
-            validation=validation,
-            network=bundle.manifest["network"],
-            grader={
-                "target": "nxp2seg.models.grading.build_grader",
-                "kwargs": grader_kwargs,
-                "state_prefix": "grader.",
-            },
-        )
-        print(f"bundle with the grading head written to {args.out.resolve()}")
+        config.grading = OmegaConf.create({"enabled": True, **result.summary["spec"]})
+        write_bundle(args.out, graded, config=config, dataset=bundle.dataset, preprocessing=bundle.preprocessing,
+                     validation=validation, network=bundle.manifest["network"], grader=grader_spec)
+        print(f"bundle with the grader written to {args.out.resolve()}")
 
 
 if __name__ == "__main__":

@@ -1,32 +1,19 @@
-"""Grading head: region pooling, masked losses, flip of grade targets, cases without masks,
-the grade scale flowing through, and a whole-volume training run that logs agreement."""
+"""Grading head: region pooling, the grader's shapes, ranges and calls, masked losses, flip of
+grade targets, cases without masks, and kappa following the grade scale."""
 
 from __future__ import annotations
-
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_train
 
 from nxp2seg.data.regions import lr_permutation, region_membership, subcut_membership
 from nxp2seg.data.schema import default_compartment_schema, default_muscle_schema
-from nxp2seg.models.grading import build_grader, masked_mean, pool_regions, region_masks
+from nxp2seg.models.grading import build_grader
+from nxp2seg.models.grading_spec import GraderSpec
 from nxp2seg.models.losses import masked_bce, masked_regression, soft_cross_entropy
-
-GRADING_KEYS = (
-    "edema_kappa_quadratic",
-    "edema_icc",
-    "edema_spearman",
-    "fat_kappa_quadratic",
-    "pattern_kappa",
-    "pattern_accuracy",
-    "fascial_auc",
-    "subcut_auc",
-    "station_score_icc",
-)
+from nxp2seg.models.pooling import masked_mean, pool_regions, region_masks
 
 
 @pytest.fixture(autouse=True)
@@ -114,12 +101,28 @@ def test_region_slots_follow_the_schema():
     assert m.argmax(1).tolist() == [7, 8, 9, 10, 11, 12]
 
 
+#: Thresholds of a grader in tissue units (normally set from the training cohort).
+THRESHOLDS = {
+    "stir_tau": [1.15, 1.4, 1.8, 2.2, 2.8, 3.5], "t1_tau": [0.1, 0.25, 0.5, 0.75],
+    "soft_q": 0.06, "soft_f": 0.05, "subcut_q": 0.55, "subcut_f": 0.3,
+    "clean": [-0.25, 0.13], "muscle_like": [-0.17, 0.27], "hist_range": [-0.7, 1.26],
+}
+
+
+def _grader(channels=0, max_grade=3):
+    spec = GraderSpec.from_mapping({"features": {"decoder_features": channels > 0}, "head": {"ensemble": 2}})
+    grader = build_grader(spec.to_dict(), feature_channels=channels, spacing=[4.0, 4.0, 6.0],
+                          max_grade=max_grade, bone_label=15)
+    grader.features.set_thresholds(THRESHOLDS)
+    return grader
+
+
 def test_grader_shapes_ranges_and_gradients():
     torch.manual_seed(0)
     schema = default_compartment_schema()
-    grader = build_grader(feature_channels=8, spacing=[4.0, 4.0, 6.0], max_grade=3)
+    grader = _grader(channels=8)
     probs = torch.softmax(torch.randn(2, 16, 12, 10, 4), 1).requires_grad_(True)
-    image = torch.randn(2, 2, 12, 10, 4)
+    image = torch.randn(2, 3, 12, 10, 4)
     decoder = torch.randn(2, 8, 12, 10, 4, requires_grad=True)
     rm = torch.as_tensor(np.stack([region_membership(schema, s, 16) for s in ("thigh", "calf")]))
     sm = torch.as_tensor(np.stack([subcut_membership(schema, s, 16) for s in ("thigh", "calf")]))
@@ -136,7 +139,37 @@ def test_grader_shapes_ranges_and_gradients():
     sum(v.sum() for v in out.values()).backward()
     assert probs.grad is None  # region masks are detached: no gradient into segmentation
     assert decoder.grad is not None and decoder.grad.abs().sum() > 0
-    assert grader.features.stir_tau.grad is not None  # learnable thresholds
+    assert not any(p.requires_grad for p in grader.features.parameters())  # thresholds are buffers
+    with pytest.raises(RuntimeError, match="thresholds not set"):
+        build_grader(GraderSpec().to_dict(), 8, [4.0, 4.0, 6.0], 3).features(probs, image, decoder, rm, sm)
+
+
+def test_grader_calls_follow_its_operating_points():
+    grader = _grader()
+    out = {
+        "edema": torch.tensor([[0.4, 0.5, 1.49, 2.6, 3.0, 0.0]]),
+        "fat": torch.tensor([[0.0, 0.6, 1.4, 2.5, 3.9, 4.0]]),
+        "fascial_logit": torch.logit(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])),
+        "subcut_logit": torch.logit(torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])),
+        "pattern_logits": torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]])),
+    }
+    st = torch.tensor([0])
+    calls = grader.calls(out, st)  # defaults: rounding half up, flags at 0.5, the argmax
+    assert calls["edema_int"].tolist() == [[0, 1, 1, 3, 3, 0]]
+    assert calls["fat_int"].tolist() == [[0, 1, 1, 3, 4, 4]]
+    assert calls["fascial_flag"].tolist() == [[False, False, False, False, True, True]]
+    assert int(calls["pattern_index"]) == 0
+    assert torch.allclose(calls["pattern_prob"], torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    grader.set_operating_points({"edema_cuts": [0.4, 1.6, 2.7], "fascial_threshold": 0.25,
+                                 "pattern_offset": {"none": 0.0, "patchy": 0.0, "mixed": 0.0, "diffuse": 1.5}})
+    calls = grader.calls(out, st)
+    assert calls["edema_int"].tolist() == [[1, 1, 1, 2, 3, 0]]  # 0.4 reaches the first cut
+    assert calls["fascial_flag"].tolist() == [[False, False, True, True, True, True]]
+    assert calls["subcut_flag"].tolist() == [[False, False, False, False, True, True]]  # unchanged
+    assert int(calls["pattern_index"]) == 3  # log 0.1 + 1.5 > log 0.4
+    assert grader.operating_points()["fascial_threshold"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="shape"):
+        grader.set_operating_points({"edema_cuts": [0.5, 1.5]})
 
 
 # -- losses -----------------------------------------------------------------------
@@ -293,151 +326,22 @@ def test_mask_fraction_hides_masks_of_training_subjects(phantom4):
     assert dm.describe()["n_labelled"]["train"] == len(dm.splits["train"]) - len(dm.hidden_masks)
 
 
-# -- training ---------------------------------------------------------------------
-
-
-def _overrides(cohort, tmp_path, *extra):
-    return [
-        "experiment=smoke",
-        "grading=head",
-        f"data.cohort={cohort}",
-        f"output_dir={tmp_path / 'run'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        f"paths.root_dir={tmp_path}",
-        "data.loader.verify_images=false",
-        *extra,
-    ]
-
-
-def test_training_with_masks_on_half_the_cases(phantom4, tmp_path):
-    from nxp2seg.train import train
-
-    cohort = tmp_path / "half"
-    shutil.copytree(phantom4, cohort)
-    cases = pd.read_csv(cohort / "cases.csv")
-    train_cases = cases[cases.split != "test"].case_id.tolist()
-    for cid in train_cases[::2]:  # half the non-test cases lose their masks
-        (cohort / "labelsTr" / f"{cid}.nii.gz").unlink()
-    cfg = compose_train(_overrides(cohort, tmp_path, "debug=fdr", "data.loader.batch_size=4"))
-    metrics, objects = train(cfg)
-    dm = objects["datamodule"]
-    n_lab = dm.describe()["n_labelled"]
-    assert len(dm.splits["train"]) > n_lab["train"] > 0  # unlabelled graded cases train too
-    batch = next(iter(dm.train_dataloader()))
-    assert 0 < batch["has_label"].sum() < len(batch["has_label"])
-    for key in ("train/loss", "train/loss_segmentation", "train/loss_edema", "train/loss_pattern"):
-        assert np.isfinite(metrics[key]), key
-    # the segmentation term equals the loss over the labelled samples alone
-    model = objects["model"].train()
-    out = model._batch_forward(batch, batch["image"])
-    keep = batch["has_label"] > 0.5
-    ref = model.compute_loss({"logits": out["logits"][keep]}, batch["label"][keep])
-    assert torch.allclose(model.segmentation_loss(out, batch), ref)
-
-
-@pytest.fixture(scope="module")
-def phantom_extent4(tmp_path_factory):
-    from nxp2seg.phantom import generate_cohort
-
-    return generate_cohort(
-        tmp_path_factory.mktemp("phantom") / "e4",
-        subjects=4,
-        preset="tiny",
-        seed=1,
-        workers=1,
-        grade_scale="extent4",
-    )
-
-
-def test_extent4_flows_through_ranges_losses_and_kappa(phantom_extent4, tmp_path):
-    from nxp2seg.models.bundle import load_bundle
+def test_kappa_and_integer_grades_follow_the_scale():
+    from nxp2seg.data.schema import get_grade_scale
     from nxp2seg.models.metrics import grading_metrics
-    from nxp2seg.train import train
 
-    cfg = compose_train(_overrides(phantom_extent4, tmp_path, "debug=fdr"))
-    metrics, objects = train(cfg)
-    model, dm = objects["model"], objects["datamodule"]
-    assert dm.grade_scale.name == "extent4" and model.grade_scale.max_grade == 3
-    assert model.grader.head.max_grade == 3.0
-    targets = np.concatenate([t["edema_target"] for t in dm.targets.values()])
-    assert np.nanmax(targets) <= 3
-    # the head's range: even a huge logit stays at 3
-    with torch.no_grad():
-        model.grader.head.members[0].edema_out.bias[0] = 1e4
-    batch = next(iter(dm.val_dataloader()))
-    out = model.eval().grade_whole(batch)
-    assert torch.allclose(out["edema"], torch.full_like(out["edema"], 3.0))
-    assert np.isfinite(metrics["train/loss_edema"])
     # integer grades and kappa labels follow the scale: 3.8 is grade 3 on extent4 (its top),
     # grade 4 on beltrame6
-    from nxp2seg.data.schema import get_grade_scale
-
     truth = np.tile([0.0, 1.0, 2.0, 3.0, 3.0, 1.0], (8, 1))
     pred = np.where(truth == 3, 3.8, truth)
     flags, zeros = (truth > 1).astype(float), np.zeros_like(truth)
     pattern = np.arange(8) % 4
 
     def kappa(scale):
-        return grading_metrics(
-            scale,
-            pred,
-            truth,
-            truth,
-            truth,
-            zeros,
-            flags,
-            zeros,
-            flags,
-            np.eye(4)[pattern],
-            pattern,
-        )
+        return grading_metrics(scale, pred, truth, truth, truth, zeros, flags, zeros, flags,
+                               np.eye(4)[pattern], pattern)
 
-    assert kappa(dm.grade_scale)["edema_kappa_quadratic"] == pytest.approx(1.0)
-    assert kappa(dm.grade_scale)["pattern_kappa"] == pytest.approx(1.0)
+    extent4 = get_grade_scale("extent4")
+    assert kappa(extent4)["edema_kappa_quadratic"] == pytest.approx(1.0)
+    assert kappa(extent4)["pattern_kappa"] == pytest.approx(1.0)
     assert kappa(get_grade_scale("beltrame6"))["edema_kappa_quadratic"] < 1.0
-    bundle = load_bundle(objects["bundle_dir"])
-    assert bundle.grade_scale.name == "extent4"
-    assert bundle.manifest["grader"]["kwargs"]["max_grade"] == 3
-
-
-def test_whole_volume_smoke_run_logs_grading_and_round_trips(phantom4, tmp_path):
-    from nxp2seg.models.bundle import load_bundle
-    from nxp2seg.train import train
-
-    cfg = compose_train(_overrides(phantom4, tmp_path))
-    metrics, objects = train(cfg)
-    logged = pd.read_csv(tmp_path / "run" / "csv" / "metrics.csv")
-    for key in GRADING_KEYS:
-        assert f"val/{key}" in logged.columns, key
-        assert f"val/{key}" in metrics
-    # one validation per epoch, plus the re-validation of the best weights unless they are the last
-    assert logged["val/edema_kappa_quadratic"].notna().sum() in (cfg.trainer.max_epochs, cfg.trainer.max_epochs + 1)
-    assert 0.0 <= metrics["val/dice_mean"] <= 1.0
-    assert "edema_icc" in objects["validation"]["val"]
-    # bundle: the grading head's weights and settings come back and grade the same
-    bundle = load_bundle(objects["bundle_dir"])
-    assert bundle.has_grading and bundle.preprocessing.canvas_size is not None
-    assert any(k.startswith("grader.") for k in bundle.state_dict)
-    rebuilt = bundle.build_model()
-    model = objects["model"].eval()
-    batch = next(iter(objects["datamodule"].val_dataloader()))
-    expected = model.grade_whole(batch)
-    got = rebuilt.predict(batch["image"], batch["station"])
-    assert torch.allclose(got["logits"], expected["logits"], atol=1e-4)
-    assert torch.allclose(got["edema"], expected["edema"], atol=1e-4)
-    assert torch.allclose(
-        got["pattern_prob"], torch.softmax(expected["pattern_logits"], -1), atol=1e-4
-    )
-    assert got["logits"].shape[2:] == batch["image"].shape[2:]
-
-
-@pytest.mark.gpu
-def test_gpu_grading_one_step(phantom4, tmp_path):
-    from nxp2seg.train import train
-
-    cfg = compose_train(
-        _overrides(phantom4, tmp_path, "trainer=gpu", "trainer.max_steps=1", "trainer.max_epochs=1")
-    )
-    metrics, objects = train(cfg)
-    assert objects["trainer"].precision in ("bf16-mixed", "16-mixed")
-    assert np.isfinite(metrics["train/loss_edema"]) and "val/edema_icc" in metrics

@@ -1,6 +1,7 @@
-"""Grading stage on frozen features (``grading=staged``): end to end after a smoke fit, the
-bundle round trip, no gradient into (and no change to) the network, cases without masks,
-mirrored copies, options and the readers' own kappa."""
+"""The grading stage: end to end after a smoke fit, the bundle round trip, no gradient into (and
+no change to) the network, cases without masks, the config, the scikit-learn read-outs, the
+Lightning-fitted ensemble, cross-fitting, operating points, the readers' own kappa, and the
+cohort's grade scale and label level reaching the grader."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from conftest import compose_train
 
 from nxp2seg.models.metrics import GRADING_METRICS
 
-STAGE_EPOCHS = 40
+FIT_EPOCHS = 8
 
 
 @pytest.fixture(autouse=True)
@@ -38,13 +39,12 @@ def phantom4(tmp_path_factory):
 def _overrides(cohort, out, *extra):
     return [
         "experiment=smoke",
-        "grading=staged",
         f"data.cohort={cohort}",
         f"output_dir={out / 'run'}",
         f"paths.cache_dir={out / 'cache'}",
         f"paths.root_dir={out}",
         "data.loader.verify_images=false",
-        f"grading_stage.epochs={STAGE_EPOCHS}",
+        f"grading.fit.epochs={FIT_EPOCHS}",
         *extra,
     ]
 
@@ -65,59 +65,59 @@ def staged_run(phantom4, tmp_path_factory):
 
 
 def _stage_inputs(cohort, *extra):
-    """Data module and an untrained network of the smoke config, without fitting (fast)."""
+    """Data module, an untrained network and a fresh grader of the smoke config, without fitting (fast)."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.myositis import GradingNet
+    from nxp2seg.models.segmenter import Segmenter
     from nxp2seg.train import build_grader, build_network
 
-    cfg = compose_train(_overrides(cohort, cohort.parent / "unused", *extra))
+    cfg = compose_train(_overrides(cohort, cohort.parent / "unused", "grading.fit.perturb=0", *extra))
     dm = instantiate(cfg.data, grading=False)
     dm.setup("fit")
     torch.manual_seed(0)
     net, _ = build_network(cfg, dm)
-    grader, _ = build_grader(cfg, dm, net, learn_thresholds=False)
-    return cfg, dm, net, grader
-
-
-def _run_stage(dm, net, grader, **options):
-    from nxp2seg.models.grading_stage import StageOptions, run_grading_stage
-    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
-    from nxp2seg.models.myositis import size_divisor_of
-
+    grader, _ = build_grader(cfg, dm, net)
     prep = dm.preprocessing
-    return run_grading_stage(
-        net,
-        grader,
-        dm,
-        StageOptions(**{"enabled": True, "epochs": 3, **options}),
-        DEFAULT_LOSS_WEIGHTS,
-        canvas_size=list(prep.canvas_size or prep.patch_size),
-        size_divisor=size_divisor_of(net),
-    )
+    model = GradingNet(net, grader, canvas_size=prep.canvas_size or prep.patch_size, schema=dm.schema,
+                       grade_scale=dm.grade_scale.name)
+    segmenter = Segmenter(net=net, loss=torch.nn.Identity(), optimizer=torch.optim.SGD,
+                          patch_size=prep.patch_size, inference=dict(cfg.model.inference))
+    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
+    return spec, dm, model, segmenter
+
+
+def _run_stage(spec, dm, model, segmenter, **fit):
+    import dataclasses
+
+    from nxp2seg.models.grading_stage import run_grading_stage
+
+    spec = dataclasses.replace(spec, fit=dataclasses.replace(spec.fit, **{"epochs": 3, **fit}))
+    return run_grading_stage(model, dm, spec, segment=segmenter.infer)
 
 
 # -- end to end -------------------------------------------------------------------
 
 
-def test_config_selects_the_staged_mode():
-    from nxp2seg.train import grading_mode
+def test_config_selects_the_grading_stage():
+    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.train import grading_enabled
 
-    staged = compose_train(["grading=staged"])
-    assert grading_mode(staged) == "staged"
-    assert staged.grading_stage.enabled and staged.model.grading.learn_thresholds is False
-    assert staged.model.grading_loss.weights.edema == 1.0  # the head's own config, reused
-    assert grading_mode(compose_train(["grading=head"])) == "joint"
-    assert grading_mode(compose_train([])) == "staged"  # the default grades
-    assert grading_mode(compose_train(["grading=none"])) == "none"
-    with pytest.raises(ValueError, match="grading=staged"):
-        grading_mode(compose_train(["grading=none", "grading_stage.enabled=true"]))
+    default = compose_train([])
+    assert grading_enabled(default) and grading_enabled(compose_train(["grading=staged"]))
+    assert not grading_enabled(compose_train(["grading=none"]))
+    spec = GraderSpec.from_mapping(default.grading)
+    assert spec.features.decoder_features and spec.head.ensemble == 5 and spec.fit.folds == 5
+    assert "grading_stage" not in default and "grading" not in default.model  # one grading block
 
 
 def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
     from nxp2seg.models.bundle import load_bundle
 
     metrics, objects = staged_run
-    dm, model = objects["datamodule"], objects["model"]
+    dm, graded = objects["datamodule"], objects["graded"]
     assert dm.mode == "patch" and not dm.grading  # the segmenter trained as without grading
     validation = json.loads((objects["bundle_dir"] / "validation.json").read_text())
     for split in ("val", "test"):
@@ -125,87 +125,65 @@ def test_stage_runs_after_the_segmentation_fit_and_writes_metrics(staged_run):
         assert "dice_mean" in block  # the segmentation summary is still there
         for key in (*GRADING_METRICS, "edema_kappa_quadratic_rater_vs_rater"):
             assert key in block, (split, key)
-        assert np.isfinite(block["edema_icc"]) and np.isfinite(block["grading_loss"])
+        assert np.isfinite(block["edema_icc"])
         assert -1.0 <= block["edema_kappa_quadratic_rater_vs_rater"] <= 1.0
-        np.testing.assert_equal(
-            metrics[f"{split}/edema_kappa_quadratic"], block["edema_kappa_quadratic"]
-        )
+        np.testing.assert_equal(metrics[f"{split}/edema_kappa_quadratic"], block["edema_kappa_quadratic"])
     stage = validation["grading_stage"]
     assert stage["n_cases"] == {k: len(dm.graded_cases(k)) for k in ("train", "val", "test")}
-    assert stage["n_train_mirrored"] == 0  # mirror is off by default
-    assert stage["epochs_run"] == STAGE_EPOCHS and 0 <= stage["best_epoch"] < STAGE_EPOCHS
+    assert stage["fit"]["epochs"] == [FIT_EPOCHS] * 5  # five members, a fixed schedule
+    assert set(stage["fit"]["readouts"]) == {"fat", "fascial", "subcutaneous"}
     assert stage["seconds"]["extract"] > 0 and stage["seconds"]["fit"] > 0
-    # the head sits in the model and the bundle like a jointly trained one
-    assert model.grading_enabled and not any(
-        p.requires_grad for p in model.grader.features.parameters()
-    )
-    bundle = load_bundle(objects["bundle_dir"])
-    assert bundle.has_grading and bundle.manifest["grader"]["kwargs"]["learn_thresholds"] is False
-    keys = set(bundle.state_dict)
-    assert {k.split(".")[0] for k in keys} == {"net", "grader"}
-    assert {f"grader.{k}" for k in model.grader.state_dict()} <= keys
-    # the default schedule keeps the last epoch's head; its validation loss is the last logged
-    assert stage["monitor"] == "last" and stage["best_epoch"] == STAGE_EPOCHS - 1
-    history = objects["grading_stage"].history
-    assert len(history["val_loss"]) == STAGE_EPOCHS and "val_kappa" not in history
-    # grading=staged: five MLP members trained apart; the fat and flag read-outs fitted first
-    assert stage["ensemble"] == 5 == len(model.grader.head.members)
-    assert set(stage["readouts"]) == {"fat", "fascial", "subcutaneous"}
+    # thresholds in the cohort's units, and what they came from
+    assert stage["cohort_scale"]["n_cases"] >= 1 and stage["cohort_scale"]["q_sd"] > 0
+    tau = stage["thresholds"]["stir_tau"]
+    assert tau == sorted(tau) and tau[0] > 1.0
+    # operating points chosen on out-of-fold predictions of the training subjects
+    op = stage["operating"]
+    assert op["chosen_on"].startswith("out-of-fold")
+    assert 0.0 <= op["points"]["fascial_threshold"] <= 1.0
+    assert op["report"]["fascial_threshold"]["rule"] == "youden"
     # the training cases the segmenter saw are segmented from a perturbed input, calibrated
     assert stage["perturbation"]["mode"] == "auto" and stage["perturbation"]["strength"] >= 0
-
-
-def test_kappa_monitor_keeps_the_best_validation_epoch(staged_run):
-    """monitor=edema_kappa_quadratic: the kept head is that of the best validation kappa (ties: loss)."""
-    from nxp2seg.models.grading import GradingHead
-    from nxp2seg.models.grading_stage import StageOptions, fit_head, head_rows
-    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
-    from nxp2seg.models.metrics import grading_metrics
-
-    _, objects = staged_run
-    feats, scale = objects["grading_stage"].features, objects["datamodule"].grade_scale
-    head = GradingHead(feats["train"].x.shape[-1], scale.max_grade)
-    options = StageOptions(enabled=True, epochs=12, monitor="edema_kappa_quadratic")
-    fit = fit_head(head, feats["train"], feats["val"], options, DEFAULT_LOSS_WEIGHTS, scale=scale)
-    history = fit["history"]
-    assert len(history["val_loss"]) == len(history["val_kappa"]) == 12
-    kappa = np.nan_to_num(history["val_kappa"], nan=-np.inf)
-    loss = np.nan_to_num(history["val_loss"], nan=np.inf)
-    best = max(range(12), key=lambda e: (kappa[e], -loss[e]))
-    assert fit["best_epoch"] == best
-    rows = head_rows(head, feats["val"])
-    rows["pattern_index"] = rows["pattern_index"].reshape(-1)
-    got = grading_metrics(scale, **rows)["edema_kappa_quadratic"]
-    np.testing.assert_equal(got, history["val_kappa"][best])
+    # the grader sits in the bundle beside the network; nothing in it is trainable upstream
+    assert not any(p.requires_grad for p in graded.grader.features.parameters())
+    bundle = load_bundle(objects["bundle_dir"])
+    assert bundle.has_grading and bundle.manifest["grader"]["kwargs"]["spec"]["fit"]["folds"] == 5
+    keys = set(bundle.state_dict)
+    assert {k.split(".")[0] for k in keys} == {"net", "grader"}
+    assert {f"grader.{k}" for k in graded.grader.state_dict()} <= keys
+    rebuilt = bundle.build_grader()
+    assert json.dumps(rebuilt.operating_points()) == json.dumps(graded.grader.operating_points())
+    assert json.dumps(rebuilt.features.thresholds()) == json.dumps(graded.grader.features.thresholds())
 
 
 def test_head_grades_the_same_from_the_bundle(staged_run):
-    """predict's path -- the bundle's sliding-window segmentation, then the head inside it -- gives
+    """predict's path -- the bundle's sliding-window segmentation, then the grader inside it -- gives
     the grades the stage validated (the head was trained on exactly these probabilities)."""
     from monai import transforms as mt
 
     from nxp2seg.data.transforms import preprocess_transforms
     from nxp2seg.inference.predictor import Predictor
     from nxp2seg.models.bundle import load_bundle
-    from nxp2seg.models.grading_stage import head_rows
+    from nxp2seg.models.grading_stage import stage_rows
 
     _, objects = staged_run
     result, dm = objects["grading_stage"], objects["datamodule"]
     bundle = load_bundle(objects["bundle_dir"])
     predictor = Predictor(bundle)
     rebuilt = predictor.model
-    assert rebuilt.grades_from_probabilities  # grading=staged reads no decoder features
+    assert rebuilt.reads_decoder  # the default grader pools the network's decoder features
     load = mt.Compose(preprocess_transforms(bundle.preprocessing, with_label=False))
     feats = result.features["val"]
-    expected = head_rows(objects["model"].grader.head, feats)
+    expected = stage_rows(objects["graded"].grader, feats)
     for i, item in enumerate(dm.grading_items("val")):
         assert feats.case_ids[i] == item["case_id"]
         image = torch.as_tensor(load(dict(item))["image"])[None]
         allowed = torch.as_tensor(item["allowed_labels"])[None]
         probs = torch.softmax(predictor.segmenter.infer(image, allowed), dim=1)
         got = rebuilt.grade_probabilities(probs, image, [item["station"]])
-        for key in ("edema", "fat", "fascial_prob", "subcut_prob", "pattern_prob"):
-            np.testing.assert_allclose(got[key][0].numpy(), expected[key][i], atol=1e-4, err_msg=key)
+        for key in ("edema", "fat", "fascial_prob", "subcut_prob", "pattern_prob", "edema_int", "fascial_flag"):
+            np.testing.assert_allclose(got[key][0].float().numpy(), np.asarray(expected[key][i], float),
+                                       atol=1e-4, err_msg=key)
 
 
 def test_network_weights_are_those_of_the_best_checkpoint(staged_run):
@@ -224,101 +202,65 @@ def test_network_weights_are_those_of_the_best_checkpoint(staged_run):
 
 
 def test_features_carry_no_gradient_and_leave_the_network_unchanged(phantom4):
-    _, dm, net, grader = _stage_inputs(phantom4)
-    net.train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    head_before = {k: v.clone() for k, v in grader.head.state_dict().items()}
-    result = _run_stage(dm, net, grader)
-    after = net.state_dict()
+    spec, dm, model, segmenter = _stage_inputs(phantom4)
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    head_before = {k: v.clone() for k, v in model.grader.head.state_dict().items()}
+    result = _run_stage(spec, dm, model, segmenter, folds=0)
+    after = model.net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.grad is None for p in net.parameters())
-    assert net.training  # mode restored
+    assert all(p.grad is None for p in model.net.parameters())
     for f in result.features.values():
         assert not f.x.requires_grad and f.x.grad_fn is None
         assert torch.isfinite(f.x).all()
-    # only the head learned
-    assert any(not torch.equal(head_before[k], v) for k, v in grader.head.state_dict().items())
+    # only the head learned; operating points on the validation cases without folds
+    assert any(not torch.equal(head_before[k], v) for k, v in model.grader.head.state_dict().items())
+    assert result.summary["operating"]["chosen_on"] == "the validation cases"
 
 
 def test_cases_without_masks_train_the_head(phantom4):
-    from nxp2seg.models.losses import grading_losses
+    from nxp2seg.models.losses import masked_regression
 
-    _, dm, net, grader = _stage_inputs(phantom4, "data.split.mask_fraction=0.5")
+    spec, dm, model, segmenter = _stage_inputs(phantom4, "data.split.mask_fraction=0.5")
     hidden = dm.hidden_masks
     assert hidden and not hidden & set(dm.splits["train"])  # the segmenter never saw them
     assert hidden <= set(dm.graded_cases("train"))  # ... the grading stage does
-    result = _run_stage(dm, net, grader, mirror=False)
+    result = _run_stage(spec, dm, model, segmenter, folds=0)
     train = result.features["train"]
     rows = [i for i, c in enumerate(train.case_ids) if c in hidden]
     assert rows and not train.has_mask[rows].any()
     assert result.summary["n_train_without_mask"] == len(hidden)
     assert torch.isfinite(train.targets["edema_target"][rows]).any()
+    # the cohort statistics come from the training cases that kept their masks
+    assert result.summary["cohort_scale"]["n_cases"] == len(set(dm.graded_cases("train")) - hidden)
     # their graded targets give the head a gradient
-    grader.head.zero_grad()
-    out = grader.head(train.x[rows], train.station_index[rows])
-    loss = grading_losses(out, train.batch(torch.as_tensor(rows)))["edema"]
+    head = model.grader.head
+    head.zero_grad()
+    out = head(train.x[rows], train.station_index[rows])
+    loss = masked_regression(out["edema"], train.targets["edema_target"][rows])
     loss.backward()
     assert loss.item() > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in grader.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
 
 
-def test_mirrored_copies_swap_right_and_left(phantom4):
-    from nxp2seg.data.regions import lr_permutation
-    from nxp2seg.data.transforms import preprocess_transforms, world_lr_axis
-    from nxp2seg.models.grading_stage import _mirror_transform
-
-    _, dm, net, grader = _stage_inputs(phantom4)
-    result = _run_stage(dm, net, grader, mirror=True, epochs=1)
-    train = result.features["train"]
-    items = dm.grading_items("train")
-    assert len(train) == 2 * len(items) and int(train.mirrored.sum()) == len(items)
-    for i, item in enumerate(items):
-        orig, mirr = 2 * i, 2 * i + 1
-        assert train.case_ids[orig] == train.case_ids[mirr] == item["case_id"]
-        assert not train.mirrored[orig] and train.mirrored[mirr]
-        perm = lr_permutation(dm.schema, item["station"])
-        assert perm.tolist() == [3, 4, 5, 0, 1, 2]
-        for key in ("edema_target", "fat_target", "fascial_target", "subcut_target"):
-            np.testing.assert_array_equal(
-                train.targets[key][mirr].numpy(), train.targets[key][orig].numpy()[perm]
-            )
-        np.testing.assert_array_equal(
-            train.targets["pattern_target"][mirr].numpy(),
-            train.targets["pattern_target"][orig].numpy(),
-        )
-        assert train.station_index[mirr] == train.station_index[orig]
-        assert not torch.equal(train.x[mirr], train.x[orig])  # a second pass, on the mirror
-    assert not result.features["val"].mirrored.any()  # only training cases are mirrored
-    # the image: mirrored along the world left-right axis, laterality negated
-    from monai import transforms as mt
-
-    d = mt.Compose(preprocess_transforms(dm.preprocessing, with_label=False))(dict(items[0]))
-    m = _mirror_transform(dm)(dict(d))
-    axis = world_lr_axis(d["image"].affine) + 1
-    lat = len(dm.preprocessing.channels)
-    flipped = torch.flip(torch.as_tensor(d["image"]), dims=(axis,))
-    assert torch.equal(torch.as_tensor(m["image"])[:lat], flipped[:lat])
-    assert torch.equal(torch.as_tensor(m["image"])[lat], -flipped[lat])
+# -- config ------------------------------------------------------------------------
 
 
-# -- options and references -----------------------------------------------------------
-
-
-def test_options_are_checked(phantom4):
-    from nxp2seg.models.grading import build_grader
-    from nxp2seg.models.grading_stage import StageOptions
+def test_the_grading_config_is_checked():
+    from nxp2seg.models.grading_spec import FitSpec, GraderSpec, OperatingSpec
 
     with pytest.raises(ValueError, match="unknown keys"):
-        StageOptions.from_mapping({"epoch": 3})
-    with pytest.raises(ValueError, match="monitor"):
-        StageOptions(monitor="dice")
+        GraderSpec.from_mapping({"fitting": {}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        GraderSpec.from_mapping({"fit": {"epoch": 3}})
     with pytest.raises(ValueError, match="perturb"):
-        StageOptions(perturb="strong")
-    assert StageOptions.from_mapping(None) == StageOptions()
-    _, dm, net, _ = _stage_inputs(phantom4)
-    learnable = build_grader(16, dm.preprocessing.target_spacing, 5, learn_thresholds=True)
-    with pytest.raises(ValueError, match="learn_thresholds"):
-        _run_stage(dm, net, learnable)
+        FitSpec(perturb="strong")
+    with pytest.raises(ValueError, match="folds"):
+        FitSpec(folds=1)
+    with pytest.raises(ValueError, match="flags"):
+        OperatingSpec(flags="f1")
+    spec = GraderSpec.from_mapping({"enabled": True, "features": {"muscle_sd": [2, 5]}})
+    assert spec.features.muscle_sd == (2.0, 5.0) and GraderSpec.from_mapping(None) == GraderSpec()
+    assert GraderSpec.from_mapping(spec.to_dict()) == spec  # what the bundle records rebuilds it
 
 
 def test_rater_kappa_on_the_same_cases():
@@ -363,8 +305,11 @@ def test_default_staged_run_without_grades_skips_the_stage(train_overrides):
     assert bundle.validation["grading_stage"] == {"skipped": "no graded training case"}
 
 
+# -- fitting --------------------------------------------------------------------------
+
+
 def _synthetic_features(n=40, r=6, f=5, seed=0):
-    from nxp2seg.models.grading_stage import CaseFeatures
+    from nxp2seg.models.grading_features import CaseFeatures
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, r, f, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0]) + 3.0
@@ -382,20 +327,23 @@ def _synthetic_features(n=40, r=6, f=5, seed=0):
     }
     targets["fat_target"][0, 0] = float("nan")  # not graded: left out
     return CaseFeatures(x=x, station_index=torch.zeros(n, dtype=torch.long), targets=targets,
-                        case_ids=[f"C{i}" for i in range(n)], mirrored=torch.zeros(n, dtype=torch.bool),
+                        case_ids=[f"C{i}" for i in range(n)], subject_ids=[f"S{i // 2}" for i in range(n)],
                         has_mask=torch.ones(n, dtype=torch.bool))
 
 
-def test_fit_readouts_standardises_and_fits_penalised_glms():
-    from nxp2seg.models.grading import GradingHead
-    from nxp2seg.models.grading_stage import fit_readouts
+def test_fit_readouts_are_scikit_learn_logistic_regressions():
+    from sklearn.linear_model import LogisticRegression
+
+    from nxp2seg.models.grading_fit import fit_readouts
+    from nxp2seg.models.grading_head import GradingHead
     from nxp2seg.stats.classification import roc_auc
 
     feats = _synthetic_features()
     head = GradingHead(5, 5)
-    report = fit_readouts(head, feats, l2=1e-3)
-    flat = feats.x.reshape(-1, 5)
-    assert torch.allclose(head.readout_mean, flat.mean(0)) and torch.allclose(head.readout_std, flat.std(0))
+    report = fit_readouts(head, feats, c=100.0)
+    flat = feats.x.reshape(-1, 5).double()
+    assert torch.allclose(head.readout_mean.double(), flat.mean(0), atol=1e-5)
+    assert torch.allclose(head.readout_std.double(), flat.std(0), atol=1e-5)
     assert report["fat"]["n"] == 40 * 6 - 1 and report["fascial"]["n"] == 240
     with torch.no_grad():
         out = head.eval()(feats.x, feats.station_index)
@@ -403,28 +351,32 @@ def test_fit_readouts_standardises_and_fits_penalised_glms():
     assert float(fat_err[torch.isfinite(fat_err)].mean()) < 0.1  # a near-exact fit of a sigmoid of feature 0
     y = feats.targets["fascial_target"].reshape(-1).numpy()
     assert roc_auc(y, out["fascial_logit"].reshape(-1).numpy()) > 0.99
+    # the same as scikit-learn's on the standardised features
+    z = ((flat - flat.mean(0)) / flat.std(0)).numpy()
+    ref = LogisticRegression(C=100.0, max_iter=2000).fit(z, y)
+    np.testing.assert_allclose(head.readout.weight[1].detach().numpy(), ref.coef_[0], rtol=1e-3, atol=1e-3)
     # the readers' call on subcutaneous edema: both readers (z > 1); a 1-1 split is not a finding
     z2 = ((feats.x[..., 2] - 3.0) / 0.1).reshape(-1)
     p = torch.sigmoid(out["subcut_logit"]).reshape(-1)
     assert roc_auc((z2 > 1).int().numpy(), p.numpy()) > 0.99
     assert float(p[(z2 > 0.2) & (z2 < 0.8)].max()) < 0.5
-    # the penalty shrinks the weights
+    # a stronger penalty shrinks the weights
     strong = GradingHead(5, 5)
-    fit_readouts(strong, feats, l2=10.0)
+    fit_readouts(strong, feats, c=0.001)
     assert float(strong.readout.weight.abs().sum()) < float(head.readout.weight.abs().sum())
 
 
-def test_ensemble_members_train_apart_and_grade_together():
-    from nxp2seg.models.grading import GradingHead
-    from nxp2seg.models.grading_stage import StageOptions, fit_head
-    from nxp2seg.models.losses import DEFAULT_LOSS_WEIGHTS
+def test_ensemble_members_train_apart_by_lightning_and_grade_together():
+    from nxp2seg.models.grading_fit import fit_head
+    from nxp2seg.models.grading_head import GradingHead
+    from nxp2seg.models.grading_spec import FitSpec
 
     feats = _synthetic_features()
     feats.targets["edema_target"] = 5 * torch.sigmoid(feats.x[..., 3] - 3.0)
     torch.manual_seed(0)
     head = GradingHead(5, 5, ensemble=3)
-    fit = fit_head(head, feats, None, StageOptions(enabled=True, epochs=5), DEFAULT_LOSS_WEIGHTS)
-    assert len(fit["members"]) == 3 and head.active_member is None
+    fit = fit_head(head, feats, None, FitSpec(epochs=5))
+    assert fit["epochs"] == [5, 5, 5] and head.active_member is None
     with torch.no_grad():
         each = []
         for i in range(3):
@@ -434,6 +386,103 @@ def test_ensemble_members_train_apart_and_grade_together():
         together = head(feats.x, feats.station_index)["edema"]
     assert not torch.allclose(each[0], each[1])  # own initialisation and seed
     assert torch.allclose(together, torch.stack(each).mean(0), atol=1e-6)
+    # seeded: the same fit again gives the same head
+    torch.manual_seed(0)
+    again = GradingHead(5, 5, ensemble=3)
+    fit_head(again, feats, None, FitSpec(epochs=5))
+    with torch.no_grad():
+        assert torch.allclose(again(feats.x, feats.station_index)["edema"], together)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    from nxp2seg.models.grading_fit import fit_mlp
+    from nxp2seg.models.grading_head import GradingHead
+    from nxp2seg.models.grading_spec import FitSpec
+
+    train, val = _synthetic_features(seed=0), _synthetic_features(seed=1)
+    for f in (train, val):
+        f.targets["edema_target"] = 5 * torch.sigmoid(f.x[..., 3] - 3.0)
+    val.targets["edema_target"] = 5.0 - val.targets["edema_target"]  # validation disagrees: stops early
+    torch.manual_seed(0)
+    head = GradingHead(5, 5)
+    fit = fit_mlp(head, train, val, FitSpec(epochs=40, patience=3, lr=0.01))
+    assert fit["epochs"][0] < 40 and fit["best_epoch"][0] <= fit["epochs"][0] - 3
+
+
+def test_cross_fitting_predicts_each_subject_with_a_head_that_never_saw_it():
+    from nxp2seg.models.grading_fit import cross_fit, head_outputs, subject_folds
+    from nxp2seg.models.grading_head import GradingHead
+    from nxp2seg.models.grading_spec import FitSpec
+
+    feats = _synthetic_features()
+    folds = subject_folds(feats.subject_ids, 4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(feats)))
+    for held in folds:  # whole subjects per fold
+        inside = {feats.subject_ids[i] for i in held}
+        assert not inside & {feats.subject_ids[i] for i in set(range(len(feats))) - set(held)}
+    from nxp2seg.models.grading_fit import fit_head
+
+    torch.manual_seed(0)
+    head = GradingHead(5, 5)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    oof = cross_fit(head, feats, FitSpec(epochs=2, folds=4))
+    assert oof["fascial_logit"].shape == (40, 6)
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())  # fitted copies only
+    fit_head(head, feats, None, FitSpec(epochs=2))
+    assert not torch.allclose(head_outputs(head, feats)["fascial_logit"], oof["fascial_logit"])
+
+
+# -- operating points ---------------------------------------------------------------
+
+
+def test_flag_thresholds_by_hand():
+    from nxp2seg.models.grading_operating import flag_threshold, sensitivity_specificity
+
+    prob = np.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.35, 0.7, 0.8, 0.9])
+    share = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 0.5])  # 0.5: a split vote, not a finding
+    # youden: at 0.35 sensitivity 3/3, specificity 4/7 (0.4, 0.6, 0.9 false): 1.571; at 0.7: 2/3 and
+    # 6/7: 1.524; the threshold goes midway to the next lower probability, 0.3
+    thr, rep = flag_threshold(prob, share, "youden")
+    assert rep["n_positive"] == 3 and rep["n_negative"] == 7
+    assert thr == pytest.approx(0.325) and rep["sensitivity"] == 1.0 and rep["specificity"] == pytest.approx(4 / 7)
+    # specificity >= 0.7 first reached at 0.6 (5/7), sensitivity 2/3 there; midway to 0.4
+    thr, rep = flag_threshold(prob, share, "specificity", min_specificity=0.7)
+    assert thr == pytest.approx(0.5) and rep["sensitivity"] == pytest.approx(2 / 3)
+    assert rep["specificity"] == pytest.approx(5 / 7)
+    thr, rep = flag_threshold(prob, share, "fixed", fixed=0.5)
+    assert thr == 0.5 and rep["sensitivity"] == pytest.approx(2 / 3)
+    thr, rep = flag_threshold(prob, np.zeros_like(share), "youden")  # one class: the fixed threshold
+    assert thr == 0.5 and "fallback" in rep
+    assert sensitivity_specificity([1, 1, 0, 0], [1, 0, 0, 1]) == (0.5, 0.5)
+
+
+def test_kappa_cuts_undo_a_shrunk_prediction():
+    from nxp2seg.models.grading_operating import kappa_cuts
+    from nxp2seg.stats.agreement import cohen_kappa
+
+    g = np.random.default_rng(0)
+    truth = g.integers(0, 6, 300)
+    pred = 1.0 + 0.6 * truth + 0.2 * g.standard_normal(300)  # shrunk towards the middle
+    labels = np.arange(6)
+    rounded = np.clip(np.floor(pred + 0.5), 0, 5)
+    cuts = kappa_cuts(pred, truth, 6)
+    assert np.all(np.diff(cuts) > 0) and len(cuts) == 5
+    tuned = (pred[:, None] >= cuts[None]).sum(1)
+    assert cohen_kappa(tuned, truth, weights="quadratic", labels=labels) > 0.95
+    assert cohen_kappa(rounded, truth, weights="quadratic", labels=labels) < 0.9
+
+
+def test_pattern_offsets_correct_a_biased_argmax():
+    from nxp2seg.models.grading_operating import pattern_offsets
+
+    g = np.random.default_rng(1)
+    index = g.integers(0, 4, 200)
+    logp = np.log(np.full((200, 4), 0.1))
+    logp[np.arange(200), index] = np.log(0.35)
+    logp[:, 1] += 1.5  # the head over-calls "patchy"
+    off = pattern_offsets(logp, index)
+    assert off[0] == 0.0 and off[1] < -1.0
+    assert ((logp + off).argmax(1) == index).mean() == 1.0
 
 
 # -- grade scales and label levels -------------------------------------------------
@@ -504,7 +553,7 @@ def muscle_run(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = compose_train(_overrides(cohort, root, "grading_stage.perturb=0", "grading_stage.epochs=3"))
+        cfg = compose_train(_overrides(cohort, root, "grading.fit.perturb=0", "grading.fit.epochs=3"))
         assert "csv" in cfg.logger and "model_checkpoint" in cfg.callbacks  # the defaults
         _, objects = train(cfg)
     finally:
@@ -515,9 +564,9 @@ def muscle_run(tmp_path_factory):
 def test_the_cohort_scale_and_muscle_regions_reach_the_staged_head(muscle_run):
     from nxp2seg.models.bundle import load_bundle
 
-    dm, model = muscle_run["datamodule"], muscle_run["model"]
-    assert dm.grade_scale.name == "extent4" and model.grade_scale.max_grade == 3
-    assert model.grader.head.max_grade == 3.0 and model.grader.head.n_regions == 26
+    dm = muscle_run["datamodule"]
+    assert dm.grade_scale.name == "extent4" and muscle_run["graded"].grade_scale.max_grade == 3
+    assert muscle_run["graded"].grader.head.max_grade == 3.0 and muscle_run["graded"].grader.head.n_regions == 26
     assert (muscle_run["cfg"].output_dir and (muscle_run["bundle_dir"].parent / "csv" / "metrics.csv").is_file())
     bundle = load_bundle(muscle_run["bundle_dir"])
     assert bundle.grade_scale.name == "extent4"

@@ -160,7 +160,8 @@ def test_train_is_three_plain_steps(train_overrides, tmp_path):
     setup_run(cfg)
     dm = setup_data(cfg)
     fit = fit_segmenter(cfg, dm)
-    assert fit.trainer.global_step == 1 and "val" in fit.validation and fit.grader_spec is None
+    assert fit.trainer.global_step == 1 and "val" in fit.validation
+    assert not any(k.startswith("grader.") for k in fit.model.state_dict())  # the segmenter alone
     assert fit_grading_head(cfg, dm, fit) is None  # grading=none: segmentation only
     out = export_bundle(cfg, dm, fit, None, tmp_path / "bundle")
     bundle = load_bundle(out)

@@ -74,7 +74,7 @@ def predict(cfg: DictConfig) -> Any:
 
     from nxp2seg.inference.batch import check_output, run_batch
     from nxp2seg.inference.inputs import discover_cases
-    from nxp2seg.inference.predictor import Predictor
+    from nxp2seg.inference.predictor import Predictor, apply_thresholds
     from nxp2seg.models.bundle import load_bundle
 
     if not cfg.model:
@@ -95,10 +95,17 @@ def predict(cfg: DictConfig) -> Any:
     model_info = model_description(bundle, cfg.model)
     model_info["bundle_hash"] = _bundle_hash(bundle.manifest)
     model_info["algorithm_version"] = f"{nxp2seg.__version__} bundle {model_info['bundle_hash']}"
+    thresholds = {k: v for k, v in dict(cfg.get("thresholds") or {}).items() if v is not None}
 
     def factory() -> Predictor:
         return Predictor(bundle, device=device, flip_tta=cfg.flip_tta, sw_batch_size=cfg.sw_batch_size,
-                         overlap=cfg.overlap, amp=bool(cfg.amp), crop_to_body=cfg.get("crop_to_body"))
+                         overlap=cfg.overlap, amp=bool(cfg.amp), crop_to_body=cfg.get("crop_to_body"),
+                         thresholds=thresholds)
+
+    if bundle.has_grading:  # the operating points the calls are made at, in every report.json
+        grader = bundle.build_grader()
+        apply_thresholds(grader, thresholds)
+        model_info["operating_points"] = grader.operating_points()
 
     predict_fn = None
     if int(cfg.devices) > 1 or str(cfg.strategy) not in ("auto", "None", "none"):

@@ -6,8 +6,7 @@ printing its path. Overrides select data, model, trainer, experiment::
 
     python -m nxp2seg.train data.cohort=/data/COHORT trainer=gpu
     python -m nxp2seg.train experiment=smoke
-    python -m nxp2seg.train grading=head          # segmentation + grading head, trained jointly
-    python -m nxp2seg.train grading=staged        # ... the head trained after, on frozen features
+    python -m nxp2seg.train grading=none          # segmentation only (default: then the grader)
     python -m nxp2seg.train ckpt_path=outputs/train/RUN/checkpoints/last.ckpt
 
 :func:`train` is a plain function of the composed config (tests call it);
@@ -37,7 +36,6 @@ __all__ = [
     "fit_grading_head",
     "fit_segmenter",
     "grading_enabled",
-    "grading_mode",
     "main",
     "setup_data",
     "setup_run",
@@ -89,36 +87,20 @@ def build_network(cfg: DictConfig, datamodule: Any) -> tuple[Any, dict[str, Any]
     return _build_with_spec(cfg.model.net, runtime, "net.")
 
 
-def grading_mode(cfg: DictConfig) -> str:
-    """``none`` (segmentation only), ``joint`` (``grading=head``: the head trains with the
-    segmenter on whole cases) or ``staged`` (``grading=staged``: ``grading_stage.enabled``,
-    the head trains after the segmenter on frozen features)."""
-    has_head = cfg.model.get("grading") is not None
-    if bool((cfg.get("grading_stage") or {}).get("enabled", False)):
-        if not has_head:
-            raise ValueError(
-                "grading_stage.enabled needs the head's config in model.grading: use grading=staged"
-            )
-        return "staged"
-    return "joint" if has_head else "none"
-
-
 def grading_enabled(cfg: DictConfig) -> bool:
-    """Whether the LightningModule carries the grading head while fitting (``joint`` mode)."""
-    return grading_mode(cfg) == "joint"
+    """Whether the grading stage runs after the segmentation fit (``grading.enabled``;
+    ``grading=staged`` is the default, ``grading=none`` segments only)."""
+    return bool((cfg.get("grading") or {}).get("enabled", False))
 
 
-def build_grader(
-    cfg: DictConfig, datamodule: Any, net: Any, **overrides: Any
-) -> tuple[Any, dict[str, Any]]:
-    """Build ``cfg.model.grading`` for the network and the cohort.
+def build_grader(cfg: DictConfig, datamodule: Any, net: Any) -> tuple[Any, dict[str, Any]]:
+    """Build the grader of ``cfg.grading`` for the network and the cohort.
 
     Runtime arguments: ``feature_channels`` (the network's last decoder width),
     ``spacing`` (target spacing), ``max_grade`` (the cohort's edema scale,
     ``dataset.json`` ``grade_scale``), ``n_regions`` (region slots per station),
-    ``slot_counts`` (graded regions of each station) and
-    ``bone_label`` (the schema's ``bone`` label, or ``None``);
-    ``overrides`` replace config values (the grading stage: ``learn_thresholds=False``).
+    ``slot_counts`` (graded regions of each station) and ``bone_label`` (the
+    schema's ``bone`` label, or ``None``).
 
     Returns:
         ``(grader, spec)``; ``spec`` (``target``, ``kwargs``, ``state_prefix``)
@@ -126,20 +108,24 @@ def build_grader(
     """
     from nxp2seg.data.regions import slot_counts
     from nxp2seg.models.grading import FeatureTap
+    from nxp2seg.models.grading import build_grader as build
+    from nxp2seg.models.grading_spec import GraderSpec
 
     tap = FeatureTap(net)
     channels = tap.channels
     tap.remove()
-    runtime = {
+    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True)).to_dict()
+    kwargs = {
+        "spec": spec,
         "feature_channels": int(channels),
         "spacing": [float(s) for s in datamodule.preprocessing.target_spacing],
         "max_grade": int(datamodule.grade_scale.max_grade),
         "n_regions": int(datamodule.n_regions),
         "slot_counts": list(slot_counts(datamodule.schema)),
         "bone_label": datamodule.schema.labels.get("bone"),
-        **overrides,
     }
-    return _build_with_spec(cfg.model.grading, runtime, "grader.")
+    return build(**kwargs), {"target": "nxp2seg.models.grading.build_grader", "kwargs": kwargs,
+                             "state_prefix": "grader."}
 
 
 def summarize_metrics(metrics: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -186,53 +172,55 @@ def run_grading_stage(
     fast_dev_run: bool = False,
     device: Any = None,
     unseen_dice: float | None = None,
-) -> tuple[dict[str, Any], Any]:
-    """The frozen-feature grading stage (``grading=staged``) on the fitted ``model``.
+) -> tuple[dict[str, Any], Any, Any]:
+    """The grading stage (:mod:`nxp2seg.models.grading_stage`) on the fitted segmenter ``model``.
 
-    Builds the head from ``model.grading`` with fixed thresholds, trains it on the
-    region features of the frozen network (:func:`nxp2seg.models.grading_stage.run_grading_stage`)
-    and attaches it to ``model`` (``grader.*`` in the bundle). ``fast_dev_run``: one epoch.
-    ``device``: where to run it (Lightning leaves the model on the CPU after fitting;
-    default: where the model is). ``unseen_dice``: the fit's ``val/dice_mean``, the
-    target of the stage's perturbation calibration.
+    Builds the grader of ``cfg.grading``, learns it from the cohort on the frozen
+    network's segmentations and returns it inside the inference model.
+    ``fast_dev_run``: one epoch per MLP member. ``device``: where to run it
+    (Lightning leaves the model on the CPU after fitting). ``unseen_dice``: the
+    fit's ``val/dice_mean``, the target of the perturbation's calibration.
 
     Returns:
-        ``(grader_spec, result)``: the bundle's ``grader`` entry and the
-        :class:`~nxp2seg.models.grading_stage.StageResult`.
+        ``(grader_spec, result, graded)``: the bundle's ``grader`` entry, the
+        :class:`~nxp2seg.models.grading_stage.StageResult` and the
+        :class:`~nxp2seg.models.myositis.GradingNet` (network + grader).
     """
     import dataclasses
 
     import torch
 
-    from nxp2seg.models import grading_stage as stage
+    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_stage import run_grading_stage as run_stage
+    from nxp2seg.models.myositis import GradingNet, size_divisor_of
 
-    options = stage.StageOptions.from_mapping(
-        OmegaConf.to_container(cfg.grading_stage, resolve=True)
-    )
+    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
     if fast_dev_run:
-        options = dataclasses.replace(options, epochs=1)
-    with torch.random.fork_rng():
-        torch.manual_seed(int(options.seed))
-        grader, spec = build_grader(cfg, datamodule, model.net, learn_thresholds=False)
+        spec = dataclasses.replace(spec, fit=dataclasses.replace(spec.fit, epochs=1))
     if device is not None:
         model.to(device)
-    grader = grader.to(next(model.net.parameters()).device)
+    with torch.random.fork_rng():
+        torch.manual_seed(int(spec.fit.seed))
+        grader, grader_spec = build_grader(cfg, datamodule, model.net)
     prep = datamodule.preprocessing
-    result = stage.run_grading_stage(
+    graded = GradingNet(
         model.net,
         grader,
-        datamodule,
-        options,
-        model.loss_weights,
-        model.regression,
-        model.beta,
         canvas_size=list(prep.canvas_size or prep.patch_size),
-        size_divisor=model.size_divisor,
+        size_divisor=size_divisor_of(model.net),
+        schema=datamodule.schema,
+        grade_scale=datamodule.grade_scale.name,
+    ).to(next(model.net.parameters()).device)
+    dev = next(model.net.parameters()).device
+    result = run_stage(
+        graded,
+        datamodule,
+        spec,
         segment=model.infer,  # the sliding-window inference predict segments with
         unseen_dice=unseen_dice,
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
     )
-    model.attach_grader(grader)
-    return spec, result
+    return grader_spec, result, graded
 
 
 @dataclass
@@ -240,10 +228,9 @@ class SegmenterFit:
     """What :func:`fit_segmenter` returns: the fitted module and what the bundle records of it.
 
     Attributes:
-        model: the LightningModule (:class:`~nxp2seg.models.myositis.MyositisModel`), the best
+        model: the LightningModule (:class:`~nxp2seg.models.segmenter.Segmenter`), the best
             checkpoint's weights loaded.
         net_spec: the network's rebuild spec (bundle ``network``).
-        grader_spec: the jointly trained grader's rebuild spec (``grading=head``), else ``None``.
         trainer, callbacks, loggers: the Lightning objects of the fit.
         metrics: the last logged metrics as floats (``train/loss``, ``val/dice_mean``, ...).
         validation: the bundle's ``validation.json`` so far (best checkpoint, ``val``, ``test``, ``data``).
@@ -251,7 +238,6 @@ class SegmenterFit:
 
     model: Any
     net_spec: dict[str, Any]
-    grader_spec: dict[str, Any] | None
     trainer: Any
     callbacks: list[Any]
     loggers: list[Any]
@@ -261,11 +247,13 @@ class SegmenterFit:
 
 @dataclass
 class GradingFit:
-    """What :func:`fit_grading_head` returns: the grader's rebuild spec and the stage's
-    :class:`~nxp2seg.models.grading_stage.StageResult` (the grader is attached to the model)."""
+    """What :func:`fit_grading_head` returns: the grader's rebuild spec, the stage's
+    :class:`~nxp2seg.models.grading_stage.StageResult` and the exported
+    :class:`~nxp2seg.models.myositis.GradingNet` (network + grader)."""
 
     grader_spec: dict[str, Any]
     result: Any
+    graded: Any
 
 
 def setup_run(cfg: DictConfig) -> Path:
@@ -289,10 +277,10 @@ def setup_run(cfg: DictConfig) -> Path:
 
 def setup_data(cfg: DictConfig) -> Any:
     """The data module of ``cfg.data``: cohort prepared (the phantom generated once), split by
-    subject, preprocessing planned."""
+    subject, preprocessing planned. The segmenter's loaders carry no grades (the grader learns
+    from the cohort after the fit, :func:`fit_grading_head`)."""
     log.info("data <%s>", cfg.data._target_)
-    joint = grading_mode(cfg) == "joint"
-    data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": joint}
+    data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": False}
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -312,24 +300,8 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
     """
     import pytorch_lightning as pl
 
-    from nxp2seg.models.myositis import size_divisor_of
-
     prep = datamodule.preprocessing
     net, net_spec = build_network(cfg, datamodule)
-    mode = grading_mode(cfg)
-    grader_spec = None
-    # the cohort's grade scale reaches the model in every mode (the staged head is attached later)
-    extra: dict[str, Any] = (
-        {"grading": None, "grade_scale": datamodule.grade_scale.name} if mode == "staged" else {}
-    )
-    if mode == "joint":  # the grading head trains with the segmenter
-        grader, grader_spec = build_grader(cfg, datamodule, net)
-        extra = {
-            "grading": grader,
-            "grade_scale": datamodule.grade_scale.name,
-            "canvas_size": list(prep.canvas_size or prep.patch_size),
-            "size_divisor": size_divisor_of(net),
-        }
     model = hydra.utils.instantiate(
         cfg.model,
         net=net,
@@ -341,7 +313,6 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
         laterality_channel=len(prep.channels) if prep.laterality else None,
         lr_axis=orientation_lr_axis(prep.orientation),
         side_lut=[int(v) for v in side_lut(datamodule.schema)],
-        **extra,
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
@@ -363,7 +334,7 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
         metrics.update(_floats(trainer.test(model=model, datamodule=datamodule, verbose=False)[0]))
         validation["test"] = summarize_metrics(metrics, "test")
     validation["data"] = datamodule.describe()
-    return SegmenterFit(model, net_spec, grader_spec, trainer, callbacks, loggers, metrics, validation)
+    return SegmenterFit(model, net_spec, trainer, callbacks, loggers, metrics, validation)
 
 
 def _load_best(trainer: Any, model: Any) -> tuple[dict[str, Any], Any]:
@@ -390,14 +361,14 @@ def _load_best(trainer: Any, model: Any) -> tuple[dict[str, Any], Any]:
 
 
 def fit_grading_head(cfg: DictConfig, datamodule: Any, fit: SegmenterFit) -> GradingFit | None:
-    """Train the grading head on the fitted segmenter's frozen features (``grading=staged``; on
-    rank 0), or ``None``.
+    """Learn the grader of ``cfg.grading`` from the cohort on the fitted segmenter's frozen
+    network (``grading.enabled``; on rank 0), or ``None``.
 
     Skipped, with a warning in the log and ``validation.grading_stage``, when the
     cohort has no graded training case. Adds the stage's figures to
     ``fit.metrics`` and ``fit.validation``.
     """
-    if grading_mode(cfg) != "staged" or not fit.trainer.is_global_zero:
+    if not grading_enabled(cfg) or not fit.trainer.is_global_zero:
         return None
     if not datamodule.grading_items("train"):
         log.warning(
@@ -406,7 +377,7 @@ def fit_grading_head(cfg: DictConfig, datamodule: Any, fit: SegmenterFit) -> Gra
         )
         fit.validation["grading_stage"] = {"skipped": "no graded training case"}
         return None
-    grader_spec, result = run_grading_stage(
+    grader_spec, result, graded = run_grading_stage(
         cfg,
         datamodule,
         fit.model,
@@ -418,7 +389,7 @@ def fit_grading_head(cfg: DictConfig, datamodule: Any, fit: SegmenterFit) -> Gra
         fit.validation.setdefault(split, {}).update(values)
         fit.metrics.update({f"{split}/{k}": v for k, v in values.items()})
     fit.validation["grading_stage"] = result.summary
-    return GradingFit(grader_spec, result)
+    return GradingFit(grader_spec, result, graded)
 
 
 def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: GradingFit | None,
@@ -427,20 +398,21 @@ def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: 
     and headline figures."""
     from nxp2seg.models.bundle import write_bundle
 
+    exported = grading.graded if grading is not None else fit.model
     write_bundle(
         bundle_dir,
-        fit.model.to("cpu"),  # the network (+ the grader): net.*, grader.*
+        exported.to("cpu"),  # the network (+ the grader): net.*, grader.*
         config=cfg,
         dataset=datamodule.cohort.dataset,
         preprocessing=datamodule.preprocessing,
         validation=fit.validation,
         network=fit.net_spec,
-        grader=grading.grader_spec if grading is not None else fit.grader_spec,
+        grader=grading.grader_spec if grading is not None else None,
     )
     print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
     summary = {k: fit.validation.get(k, {}).get("dice_mean") for k in ("val", "test")}
     print(f"nxp2seg: dice_mean {json.dumps(summary)}")
-    if grading_mode(cfg) != "none":
+    if grading is not None:
         keys = ("edema_kappa_quadratic", "edema_icc", "pattern_kappa", "station_score_icc")
         figures = {k: {m: fit.validation.get(k, {}).get(m) for m in keys} for k in ("val", "test")}
         print(f"nxp2seg: grading {json.dumps(figures)}")
@@ -448,7 +420,7 @@ def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: 
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the segmenter (and its grading head, with ``model.grading``) and write its bundle.
+    """Fit the segmenter, learn its grader (``grading.enabled``) and write the bundle.
 
     :func:`setup_data` -> :func:`fit_segmenter` -> :func:`fit_grading_head` ->
     :func:`export_bundle` (to ``cfg.bundle_dir``, on rank 0).
@@ -458,7 +430,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``val/dice_mean``, ``test/dice_mean``, ...) as floats, and ``cfg``,
         ``datamodule``, ``model``, ``trainer``, ``callbacks``, ``loggers``,
         ``bundle_dir``, ``validation``, ``grading_stage`` (the
-        :class:`~nxp2seg.models.grading_stage.StageResult` with ``grading=staged``, else ``None``).
+        :class:`~nxp2seg.models.grading_stage.StageResult` when the grader was learned, else
+        ``None``), ``graded`` (the exported :class:`~nxp2seg.models.myositis.GradingNet`, or the
+        segmenter).
     """
     output_dir = setup_run(cfg)
     datamodule = setup_data(cfg)
@@ -471,6 +445,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "cfg": cfg, "datamodule": datamodule, "model": fit.model, "trainer": fit.trainer,
         "callbacks": fit.callbacks, "loggers": fit.loggers, "bundle_dir": bundle_dir,
         "validation": fit.validation, "grading_stage": grading.result if grading else None,
+        "graded": grading.graded if grading else fit.model,
     }
     return fit.metrics, objects
 

@@ -1,94 +1,98 @@
-"""Edema measured on STIR inside the predicted compartments (``edema_fraction``, the QC overlay).
+"""Edema measured on STIR inside the predicted muscle (``edema_fraction``, the QC overlay).
 
 The grades come from the model; this is a transparent measurement beside them,
-in the readers' own terms: which share of a compartment is brighter on STIR
-than normal muscle. Normal muscle is not a fixed intensity (scanner gain, coil
-bias), so each station is referenced to its own muscle:
+in the readers' own terms: which share of a region is brighter on STIR than
+normal muscle. It reads normal muscle exactly as the grader does -- the same
+reference estimator, clean-muscle window and units
+(:meth:`~nxp2seg.models.region_features.RegionFeatures.tissue`: STIR over
+each leg's normal muscle, T1 as a fat index) -- and counts a voxel as edema
+when it is muscle-like on T1 and its STIR ratio is above the grader's lowest
+extent threshold (:attr:`~nxp2seg.models.region_features.RegionFeatures.edema_threshold`,
+set from the training cohort's normal-muscle spread).
 
-1. *Clean muscle*: voxels of the muscle compartments whose T1 lies within
-   ``[0.8, 1.15]`` x the median compartment T1 (drops fatty infiltration, which
-   is bright on T1, and vessels and septa, which are dark or bright on T1).
-2. *Reference*: the **lowest strong peak** of the clean-muscle log-STIR
-   histogram (a peak at least 20% as high as the tallest one). Normal muscle is
-   the darkest muscle population on STIR; the lowest peak finds it even when
-   most of the muscle is edematous (the median or the tallest peak would not).
-3. *Edema*: compartment voxels (T1 above 0.75 x the median, i.e. not vessels)
-   with STIR above ``threshold`` x the reference (1.3 by default: mild edema
-   is 1.4-1.9 x normal muscle on STIR, noise at a muscle SNR of 12 is ~0.08).
+A segmentation-only bundle has no grader and no cohort statistics: the same
+estimator then runs with the case's own statistics in their place (the
+clean-muscle window and the threshold from this case's muscle peaks,
+:mod:`nxp2seg.models.grading_scale`, in the default config's units).
 
-All pure numpy on arrays of one grid (the T1's native grid in ``predict``).
+Arrays are of one grid (the T1's native grid in ``predict``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from scipy import ndimage
+import torch
 
-__all__ = ["EDEMA_THRESHOLD", "edema_map", "normal_muscle_reference"]
+from nxp2seg.data.transforms import laterality_map
+from nxp2seg.models.grading_scale import CohortSample, fit_cohort_scale, thresholds
+from nxp2seg.models.grading_spec import FeatureSpec, ReferenceSpec
+from nxp2seg.models.region_features import RegionFeatures
+from nxp2seg.models.tissue import make_reference, stir_zero
 
-EDEMA_THRESHOLD = 1.3
-#: Fewer clean-muscle voxels than this give no reference (NaN).
-MIN_REFERENCE_VOXELS = 50
-
-
-def _clean_muscle(t1: np.ndarray, muscle: np.ndarray) -> tuple[np.ndarray, float]:
-    t1_ref = float(np.median(t1[muscle])) if muscle.any() else float("nan")
-    return muscle & (t1 > 0.8 * t1_ref) & (t1 < 1.15 * t1_ref), t1_ref
+__all__ = ["edema_map"]
 
 
-def _reference_from(stir: np.ndarray, clean: np.ndarray, min_voxels: int) -> float:
-    v = stir[clean]
-    v = v[v > 0]
-    if v.size < min_voxels:
-        return float("nan")
-    lv = np.log(v)
-    centre = float(np.median(lv))
-    hist, edges = np.histogram(lv, bins=120, range=(centre - 1.5, centre + 1.5))
-    smooth = ndimage.gaussian_filter1d(hist.astype(float), 2.0)
-    top = smooth.max()
-    peaks = [i for i in range(1, len(smooth) - 1)
-             if smooth[i] >= smooth[i - 1] and smooth[i] >= smooth[i + 1] and smooth[i] >= 0.2 * top]
-    if not peaks:
-        return float(np.exp(centre))
-    i = peaks[0]
-    return float(np.exp(0.5 * (edges[i] + edges[i + 1])))
-
-
-def normal_muscle_reference(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
-                            min_voxels: int = MIN_REFERENCE_VOXELS) -> float:
-    """STIR signal of normal muscle in this station (see the module docstring); NaN if too little muscle."""
-    clean, _ = _clean_muscle(t1, muscle)
-    return _reference_from(stir, clean, min_voxels)
-
-
-def _muscle_box(muscle: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of ``muscle`` (empty slices when it is empty)."""
+def _box(mask: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of ``mask`` (empty slices when it is empty)."""
     box = []
-    for axis in range(muscle.ndim):
-        hit = np.flatnonzero(muscle.any(axis=tuple(a for a in range(muscle.ndim) if a != axis)))
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
         box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0))
     return tuple(box)
 
 
-def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray,
-              threshold: float = EDEMA_THRESHOLD) -> tuple[np.ndarray, float]:
-    """Boolean edema map inside ``muscle`` and the STIR reference it used.
+def _case_features(image: torch.Tensor, muscle: torch.Tensor, fat: torch.Tensor, zero: torch.Tensor) -> RegionFeatures:
+    """The grader's tissue reading with this case's own statistics (no cohort at hand)."""
+    ref_spec, feat_spec = ReferenceSpec(), FeatureSpec()
+    reference = make_reference(ref_spec)
+    m, f = muscle[0] > 0.5, fat[0] > 0.5
+    sample = CohortSample(
+        muscle=torch.stack([image[0, 0][m], image[0, 1][m], image[0, 2][m]]),
+        fat=torch.stack([image[0, 0][f], image[0, 1][f]]),
+        zero=zero[0],
+    )
+    scale = fit_cohort_scale([sample], reference, ref_spec.clean_sd, feat_spec.stir_high_quantile)
+    features = RegionFeatures(reference, [1.0, 1.0, 1.0], feat_spec.stir_levels, len(feat_spec.fat_levels))
+    features.set_thresholds(thresholds(scale, feat_spec, ref_spec))
+    return features
 
-    Computed on the bounding box of ``muscle`` (nothing outside it can be edema).
+
+@torch.no_grad()
+def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray, fat: np.ndarray,
+              grader: Any | None = None, affine: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Boolean edema map inside ``muscle`` and the station's normal-muscle STIR it used.
 
     Args:
         stir, t1: intensities on one grid (STIR already resampled onto T1's).
-        muscle: boolean mask of the muscle compartments (the predicted labels).
-        threshold: edema = STIR above ``threshold`` x the normal-muscle reference.
+        muscle, fat: boolean masks of the graded regions and of subcutaneous tissue.
+        grader: the bundle's :class:`~nxp2seg.models.grading.Grader` (its reference,
+            windows and threshold), or ``None`` (the case's own statistics).
+        affine: voxel-to-world affine of the grid, for each leg's own reference
+            (``None``: one reference for the station).
 
     Returns:
-        ``(edema, reference)``; ``edema`` all False when no reference can be found.
+        ``(edema, reference)``; ``edema`` all False (and the reference NaN) when the case
+        has no muscle or no subcutaneous fat to read normal muscle against.
     """
     edema = np.zeros(muscle.shape, bool)
-    box = _muscle_box(muscle)
-    m, t, s = muscle[box], t1[box], stir[box]
-    clean, t1_ref = _clean_muscle(t, m)
-    ref = _reference_from(s, clean, MIN_REFERENCE_VOXELS)
-    if np.isfinite(ref):
-        edema[box] = m & (t > 0.75 * t1_ref) & (s > threshold * ref)
-    return edema, ref
+    if not muscle.any() or not fat.any():
+        return edema, float("nan")
+    image_np = torch.as_tensor(np.stack([t1, stir]).astype(np.float32))
+    # laterality: positive on the patient's right (all 0: one reference for the station)
+    lateral = laterality_map(image_np[:1], affine) if affine is not None else torch.zeros_like(image_np[:1])
+    box = _box(muscle | fat)
+    image = torch.cat([image_np, lateral])[(slice(None), *box)][None]
+    m = torch.as_tensor(muscle[box], dtype=torch.float32)[None]
+    f = torch.as_tensor(fat[box], dtype=torch.float32)[None]
+    features = grader.features if grader is not None else None
+    percentile = features.reference_zero_percentile if features is not None else ReferenceSpec().zero_percentile
+    zero = stir_zero(image_np[None], percentile)  # air: on the whole volume
+    if features is None:
+        features = _case_features(image, m, f, zero)
+    q, fi, ref = features.tissue(image, m, f, zero)
+    lo, hi = features.muscle_like_window
+    inside = (q[0, 0] > features.edema_threshold) & (fi[0, 0] > lo) & (fi[0, 0] < hi)
+    edema[box] = muscle[box] & inside.numpy()
+    return edema, float(ref.stir_muscle[0])

@@ -13,15 +13,14 @@ turns one :class:`~nxp2seg.inference.inputs.CaseInput` into a
    test-time augmentation included); the station is the given one, or the one
    whose compartments the unmasked network finds more of (reported as inferred);
    a given station the network clearly doubts gets a ``station_warning``;
-4. **grade**: the grading head inside the sliding-window segmentation of step 3
-   (:meth:`~nxp2seg.models.myositis.GradingNet.grade_probabilities`; the
-   ``grading=staged`` head was trained on exactly these probabilities), or,
-   for a head that reads decoder features, its own whole-volume pass
-   (:meth:`~nxp2seg.models.myositis.GradingNet.predict`), the pass it was trained on;
+4. **grade**: the grader inside the sliding-window segmentation of step 3
+   (:meth:`~nxp2seg.models.myositis.GradingNet.grade_probabilities`; the grader
+   was trained on exactly these probabilities), its integer grades, flags and
+   pattern at the bundle's operating points (or the ``thresholds`` given);
 5. **map back**: class probabilities resampled through the affines onto the
    T1's native grid, argmax there (:func:`~nxp2seg.inference.geometry.probabilities_to_labels`);
-   region volumes and the STIR edema measurement (:mod:`nxp2seg.inference.edema`)
-   on that grid;
+   region volumes and the STIR edema measurement (:mod:`nxp2seg.inference.edema`,
+   with the grader's own normal-muscle reference) on that grid;
 6. **scores** from the domain rules (:mod:`nxp2seg.grading.rules`).
 
 Writing is :mod:`nxp2seg.inference.writers`' job; running a batch, the
@@ -47,9 +46,8 @@ from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ImageMetaKey
 
 from nxp2seg.data.pipelines import preprocess_transforms
-from nxp2seg.data.schema import FAT_SCALE, PATTERNS, STATIONS
+from nxp2seg.data.schema import PATTERNS, STATIONS
 from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis
-from nxp2seg.grading.rules import integer_grade
 from nxp2seg.grading.tables import scores_table
 from nxp2seg.inference.edema import edema_map
 from nxp2seg.inference.geometry import describe_geometry, probabilities_to_labels, resample_to_grid
@@ -58,7 +56,8 @@ from nxp2seg.inference.loading import MAX_VOXELS, CaseError, image_data, load_ca
 from nxp2seg.inference.writers import compartment_rows
 from nxp2seg.models.segmenter import Segmenter, mask_logits
 
-__all__ = ["MAX_VOXELS", "CaseError", "CasePrediction", "Predictor", "load_case_images"]
+__all__ = ["MAX_VOXELS", "THRESHOLD_KEYS", "CaseError", "CasePrediction", "Predictor", "apply_thresholds",
+           "load_case_images"]
 
 #: A given station is questioned when the other station's mean foreground confidence is higher by this.
 STATION_CONFIDENCE_MARGIN = 0.02
@@ -116,6 +115,21 @@ def _native_order(stir: Any, t1_img: nib.Nifti1Image) -> np.ndarray | None:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+#: ``thresholds`` keys (predict's config) -> the grader's operating-point buffers.
+THRESHOLD_KEYS: dict[str, str] = {"fascial": "fascial_threshold", "subcutaneous": "subcut_threshold"}
+
+
+def apply_thresholds(grader: Any, thresholds: dict[str, float | None] | None) -> None:
+    """Replace the grader's flag thresholds by the given ones (``None`` values: keep the bundle's)."""
+    unknown = sorted(set(thresholds or {}) - set(THRESHOLD_KEYS))
+    if unknown:
+        raise ValueError(f"thresholds: unknown findings {unknown}; known: {sorted(THRESHOLD_KEYS)}")
+    for key, value in (thresholds or {}).items():
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"thresholds.{key}={value}: a probability threshold is in [0, 1]")
+    grader.set_operating_points({THRESHOLD_KEYS[k]: float(v) for k, v in (thresholds or {}).items() if v is not None})
+
+
 class Predictor:
     """A bundle ready to segment and grade exams.
 
@@ -125,17 +139,21 @@ class Predictor:
         flip_tta: override the bundle's flip test-time augmentation (``None``: keep it).
         sw_batch_size, overlap, crop_to_body: override the bundle's sliding-window settings.
         amp: mixed precision (bf16) on CUDA; ignored on CPU (it is slower there).
+        thresholds: ``{"fascial": p, "subcutaneous": p}`` flag thresholds on the probability
+            instead of the bundle's operating points (``None`` values keep the bundle's).
     """
 
     def __init__(self, bundle: Any, device: str | torch.device = "cpu", flip_tta: bool | None = None,
                  sw_batch_size: int | None = None, overlap: float | None = None, amp: bool = True,
-                 crop_to_body: bool | None = None):
+                 crop_to_body: bool | None = None, thresholds: dict[str, float | None] | None = None):
         self.bundle = bundle
         self.device = torch.device(device)
         self.prep = bundle.preprocessing
         self.schema = bundle.schema
         self.scale = bundle.grade_scale
         self.model = bundle.build_model(self.device)  # GradingNet: net (+ grader)
+        if self.model.grader is not None:
+            apply_thresholds(self.model.grader, thresholds)
         inference = dict(bundle.config.get("model", {}).get("inference", {}) or {})
         for key, value in (("flip_tta", flip_tta), ("sw_batch_size", sw_batch_size), ("overlap", overlap),
                            ("crop_to_body", crop_to_body)):
@@ -240,12 +258,9 @@ class Predictor:
         t0 = time.perf_counter()
         grades = None
         if self.has_grading:
-            with self._autocast():
-                if self.model.grades_from_probabilities:  # inside the segmentation written out
-                    grades = self.model.grade_probabilities(probs[None], x, [station])
-                else:  # a grader reading decoder features: its own whole-volume pass
-                    grades = self.model.predict(x, [station])
-            grades = {k: v.float().cpu().numpy()[0] for k, v in grades.items() if k != "logits"}
+            with self._autocast():  # inside the segmentation written out
+                grades = self.model.grade_probabilities(probs[None], x, [station])
+            grades = {k: v.float().cpu().numpy()[0] for k, v in grades.items()}
         t["grading"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -255,7 +270,9 @@ class Predictor:
                        else resample_to_grid(stir_data, stir_img.affine, t1_native.shape, t1_img.affine))
         region_names = self.schema.region_names(station)
         muscle = np.isin(labels, [v for r in region_names for v in self.schema.regions[r].labels])
-        edema, stir_ref = edema_map(stir_native, t1_native, muscle)
+        fat = np.isin(labels, [self.schema.labels[s] for s in ("subcutaneous_right", "subcutaneous_left")
+                               if s in self.schema.labels])
+        edema, stir_ref = edema_map(stir_native, t1_native, muscle, fat, self.model.grader, t1_img.affine)
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
         regions, case_row = self._tables(case, station, source, labels, edema, voxel_ml, grades)
         case_row["station_warning"] = station_warning
@@ -299,13 +316,13 @@ class Predictor:
             if grades is not None:
                 e = float(grades["edema"][r])
                 f = float(grades["fat"][r])
-                row.update(
-                    edema_grade=e, edema_grade_int=int(integer_grade(e, self.scale)),
-                    fat_grade=int(FAT_SCALE.to_int(f)), fat_grade_continuous=f,
+                row.update(  # integer grades and flags at the grader's operating points
+                    edema_grade=e, edema_grade_int=int(grades["edema_int"][r]),
+                    fat_grade=int(grades["fat_int"][r]), fat_grade_continuous=f,
                     fascial_edema_prob=float(grades["fascial_prob"][r]),
                     subcutaneous_edema_prob=float(grades["subcut_prob"][r]),
-                    fascial_edema=bool(grades["fascial_prob"][r] >= 0.5),
-                    subcutaneous_edema=bool(grades["subcut_prob"][r] >= 0.5),
+                    fascial_edema=bool(grades["fascial_flag"][r]),
+                    subcutaneous_edema=bool(grades["subcut_flag"][r]),
                 )
             rows.append(row)
         case_row: dict[str, Any] = {
@@ -327,7 +344,7 @@ class Predictor:
             cont, _ = scores_table(self._long(case, scored, "edema_grade"), schema, self.scale)
             compartments = {f"asymmetry_{schema.regions[r['region']].compartment}" for r in scored}
             case_row.update(
-                pattern=PATTERNS[int(np.argmax(prob))],
+                pattern=PATTERNS[int(grades["pattern_index"])],
                 **{f"p_{p}": float(prob[i]) for i, p in enumerate(PATTERNS)},
                 station_score=float(ints.at[0, "station_score"]),
                 station_score_continuous=float(cont.at[0, "station_score"]),

@@ -46,14 +46,14 @@ from nxp2seg.data.schema import SchemaError
 from nxp2seg.io import atomic_write_text
 
 __all__ = [
+    "BUNDLE_FILES",
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
-    "BUNDLE_FILES",
-    "BundleError",
     "Bundle",
-    "write_bundle",
-    "load_bundle",
+    "BundleError",
     "git_commit",
+    "load_bundle",
+    "write_bundle",
 ]
 
 BUNDLE_FORMAT = "nxp2seg-bundle"

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "masked_regression",
-    "masked_bce",
-    "soft_cross_entropy",
-    "grading_losses",
-    "readers_call",
     "DEFAULT_LOSS_WEIGHTS",
+    "grading_losses",
+    "masked_bce",
+    "masked_regression",
+    "readers_call",
+    "soft_cross_entropy",
 ]
 
 #: Weights of the loss terms (``model.grading_loss.weights``).

@@ -30,6 +30,10 @@ GRADING_METRICS: tuple[str, ...] = (
     "pattern_accuracy",
     "fascial_auc",
     "subcut_auc",
+    "fascial_sensitivity",
+    "fascial_specificity",
+    "subcut_sensitivity",
+    "subcut_specificity",
     "station_score_icc",
 )
 
@@ -42,6 +46,18 @@ def _flag_auc(truth_share: np.ndarray, prob: np.ndarray) -> float:
     keep = np.isfinite(t) & np.isfinite(p)
     # a finding is present when more than half of the readers saw it (grading.readers_flag)
     return roc_auc(readers_flag(t[keep]).astype(int), p[keep])
+
+
+def _flag_rates(truth_share: np.ndarray, flag: np.ndarray | None) -> tuple[float, float]:
+    from nxp2seg.grading import readers_flag
+
+    if flag is None:
+        return math.nan, math.nan
+    from nxp2seg.models.grading_operating import sensitivity_specificity
+
+    t, f = np.asarray(truth_share, float).ravel(), np.asarray(flag, float).ravel()
+    keep = np.isfinite(t) & np.isfinite(f)
+    return sensitivity_specificity(readers_flag(t[keep]) > 0.5, f[keep] > 0.5)
 
 
 def grading_metrics(
@@ -57,6 +73,11 @@ def grading_metrics(
     pattern_prob: np.ndarray,
     pattern_index: np.ndarray,
     slot_valid: np.ndarray | None = None,
+    edema_int: np.ndarray | None = None,
+    fat_int: np.ndarray | None = None,
+    fascial_flag: np.ndarray | None = None,
+    subcut_flag: np.ndarray | None = None,
+    pattern_pred: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Agreement of the model with the readers' mean over a set of cases.
 
@@ -71,6 +92,11 @@ def grading_metrics(
         slot_valid: ``(N, R)`` bool, the slots that are regions of the case's station
             (default: all); empty slots (a station with fewer regions than ``R``) are
             left out of the station score.
+        edema_int, fat_int: ``(N, R)`` the model's integer grades at its operating points
+            (default: the continuous grades rounded half up).
+        fascial_flag, subcut_flag: ``(N, R)`` the model's flags (default: none, and
+            NaN sensitivity and specificity).
+        pattern_pred: ``(N,)`` the model's reported pattern (default: the argmax).
 
     Returns:
         :data:`GRADING_METRICS`: quadratic-weighted kappa of the integer grades
@@ -86,7 +112,7 @@ def grading_metrics(
 
     e, et = np.asarray(edema, float), np.asarray(edema_target, float)
     graded = np.isfinite(et)
-    pred_int = integer_grade(np.where(np.isfinite(e), e, np.nan), scale)
+    pred_int = integer_grade(e, scale) if edema_int is None else np.asarray(edema_int, float)
     true_int = integer_grade(et, scale)
     out: dict[str, float] = {}
     labels = np.arange(scale.n_levels)
@@ -98,15 +124,17 @@ def grading_metrics(
     out["edema_mae"] = float(np.abs(e[graded] - et[graded]).mean()) if graded.any() else math.nan
     f, ft = np.asarray(fat, float), np.asarray(fat_target, float)
     fg = np.isfinite(ft)
+    f_int = integer_grade(f, FAT_SCALE) if fat_int is None else np.asarray(fat_int, float)
     out["fat_kappa_quadratic"] = cohen_kappa(
-        integer_grade(f[fg], FAT_SCALE),
+        f_int[fg],
         integer_grade(ft[fg], FAT_SCALE),
         weights="quadratic",
         labels=np.arange(FAT_SCALE.n_levels),
     )
     pi = np.asarray(pattern_index).astype(int).ravel()
     rated = pi >= 0
-    pred_pattern = np.asarray(pattern_prob, float).argmax(axis=-1)
+    pred_pattern = (np.asarray(pattern_prob, float).argmax(axis=-1) if pattern_pred is None
+                    else np.asarray(pattern_pred).astype(int).ravel())
     out["pattern_kappa"] = cohen_kappa(
         pred_pattern[rated], pi[rated], labels=np.arange(len(PATTERNS))
     )
@@ -115,6 +143,8 @@ def grading_metrics(
     )
     out["fascial_auc"] = _flag_auc(np.asarray(fascial_target, float), np.asarray(fascial_prob))
     out["subcut_auc"] = _flag_auc(np.asarray(subcut_target, float), np.asarray(subcut_prob))
+    for name, target, flag in (("fascial", fascial_target, fascial_flag), ("subcut", subcut_target, subcut_flag)):
+        out[f"{name}_sensitivity"], out[f"{name}_specificity"] = _flag_rates(target, flag)
     real = np.ones(et.shape, bool) if slot_valid is None else np.asarray(slot_valid, bool)
     truth_score = station_score(np.where(real, et, 0.0))  # NaN where a real region is not graded
     pred_score = station_score(np.where(real, e, 0.0))

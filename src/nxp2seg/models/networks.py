@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-__all__ = ["plan_kernels_strides", "patch_divisor", "build_dynunet", "build_unet"]
+__all__ = ["build_dynunet", "build_unet", "patch_divisor", "plan_kernels_strides"]
 
 
 def plan_kernels_strides(

@@ -1,9 +1,8 @@
 """The segmentation LightningModule: forward, loss, sliding-window evaluation, metrics.
 
 Thin by design: the network, the loss, the optimizer and the scheduler are
-injected (from config); no file I/O, no grading rules. Later heads (grading)
-extend :meth:`Segmenter.forward`'s output dict and the loss
-(:class:`nxp2seg.models.myositis.MyositisModel`).
+injected (from config); no file I/O, no grading rules. The grader is learned
+after the fit, on the frozen network (:mod:`nxp2seg.models.grading_stage`).
 
 Cases without a label map: a batch may carry ``has_label`` ``(B,)``; samples
 with ``has_label == 0`` (graded cases with an empty stand-in label) are left
