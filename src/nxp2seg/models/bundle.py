@@ -46,14 +46,14 @@ from nxp2seg.data.schema import SchemaError
 from nxp2seg.io import atomic_write_text
 
 __all__ = [
-    "BUNDLE_FILES",
     "BUNDLE_FORMAT",
     "BUNDLE_FORMAT_VERSION",
-    "Bundle",
+    "BUNDLE_FILES",
     "BundleError",
-    "git_commit",
-    "load_bundle",
+    "Bundle",
     "write_bundle",
+    "load_bundle",
+    "git_commit",
 ]
 
 BUNDLE_FORMAT = "nxp2seg-bundle"

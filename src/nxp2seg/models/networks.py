@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-__all__ = ["build_dynunet", "build_unet", "patch_divisor", "plan_kernels_strides"]
+__all__ = ["plan_kernels_strides", "patch_divisor", "build_dynunet", "build_unet"]
 
 
 def plan_kernels_strides(
