@@ -233,6 +233,29 @@ def test_seeded_bootstrap_is_reproducible(folders, summary):
     assert b["edema"]["kappa_quadratic"]["model_vs_mean_ci"] != q["model_vs_mean_ci"]
 
 
+def test_flag_sensitivity_is_that_of_the_reported_flag(folders, summary):
+    """Sensitivity and specificity describe the flag predict reported (the bundle's operating point),
+    not the probability at 0.5; a table without the flag column falls back to p >= 0.5."""
+    rows = _evaluated_rows(folders)
+    call = rows["fascial_edema"] > 0.5  # the readers' call: more than half of them
+    at_half = rows["fascial_edema_prob"] >= 0.5
+    assert summary["fascial_edema"]["sensitivity"] == pytest.approx((at_half & call).sum() / call.sum())
+    pred = folders["tmp"] / "pred_flags"
+    shutil.copytree(folders["pred"], pred)
+    regions = pd.read_csv(pred / "regions.csv")
+    flag = regions["fascial_edema_prob"] >= 0.3  # an operating point at 0.3
+    regions["fascial_edema"] = flag
+    regions.to_csv(pred / "regions.csv", index=False)
+    out = folders["tmp"] / "eval_flags"
+    assert _evaluate(f"predictions={pred}", f"cohort={folders['cohort']}", f"output={out}", "bootstrap=5",
+                     "report=false") == 0
+    s = json.loads((out / "summary.json").read_text())
+    flagged = rows["fascial_edema_prob"] >= 0.3
+    assert s["fascial_edema"]["sensitivity"] == pytest.approx((flagged & call).sum() / call.sum())
+    assert s["fascial_edema"]["specificity"] == pytest.approx((~flagged & ~call).sum() / (~call).sum())
+    assert s["fascial_edema"]["auc"] == pytest.approx(summary["fascial_edema"]["auc"])  # probabilities kept
+
+
 def _labelled_cases(folders) -> int:
     cohort = Cohort.open(folders["cohort"])
     return sum(cohort.has_label(c) for c in cohort.case_ids if c != FAILED)

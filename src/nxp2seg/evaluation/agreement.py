@@ -242,8 +242,8 @@ def _flags(figs: _Figures, raters: Sequence[str]) -> None:
     for flag in FLAGS:
         truth, prob = f"{flag}_mean", f"{flag}_prob_model"
         figs.add(f"{flag}.auc", "regions", _auc(truth, prob))
-        for part in ("sensitivity", "specificity"):
-            figs.add(f"{flag}.{part}", "regions", _sens_spec(truth, prob, part, 0.5, False))
+        for part in ("sensitivity", "specificity"):  # of the flag predict reported
+            figs.add(f"{flag}.{part}", "regions", _sens_spec(truth, f"{flag}_model", part, 0.5, False))
         if len(raters) > 1:
             figs.add(f"{flag}.kappa_rater_vs_rater", "regions",
                      _pairs(lambda a, b: _kappa(a, b, None, [0.0, 1.0]), raters, flag))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from nxp2seg.data.schema import PATTERNS
@@ -72,6 +73,11 @@ def _model_regions(es: EvaluationSet) -> pd.DataFrame:
     missing = out["edema_grade_int_model"].isna() & out["edema_grade_model"].notna()
     if missing.any():  # older tables without the integer column: the nearest grade
         out.loc[missing, "edema_grade_int_model"] = es.scale.to_int(out.loc[missing, "edema_grade_model"])
+    for flag in FLAGS:  # the reported call (the bundle's operating point); older tables: p >= 0.5
+        prob = out[f"{flag}_prob_model"]
+        called = (reg[flag].map({True: 1.0, False: 0.0, "True": 1.0, "False": 0.0}).to_numpy(dtype=float)
+                  if flag in reg else np.full(len(out), np.nan))
+        out[f"{flag}_model"] = np.where(np.isnan(called), np.where(prob.isna(), np.nan, prob >= 0.5), called)
     return out
 
 
