@@ -129,9 +129,10 @@ def extract_features(
         segment: the sliding-window inference ``nxp2seg.predict`` segments with
             (:meth:`~nxp2seg.models.segmenter.Segmenter.infer`).
         what: a name for the log.
-        perturb: the strength of the input perturbation while the cases with a mask are
-            segmented (:func:`~nxp2seg.models.perturbation.perturb_image`; the features
-            are read from the clean image); ``0``: none.
+        perturb: the strength of the input perturbation while the cases with a mask pass
+            through the network (segmentation and decoder features;
+            :func:`~nxp2seg.models.perturbation.perturb_image`; intensities are read
+            from the clean image); ``0``: none.
         seed: of the perturbations.
     """
     from nxp2seg.models.perturbation import perturb_image
@@ -148,7 +149,7 @@ def extract_features(
         seen = bool(datamodule.has_mask(str(item["case_id"])))
         source = perturb_image(image.cpu(), perturb, gen).to(dev) if perturb > 0 and seen else image
         probs = torch.softmax(segment(source, allowed).float(), dim=1)
-        xs.append(model.region_features(probs, image, [str(item["station"])]).cpu())
+        xs.append(model.region_features(probs, image, [str(item["station"])], network_input=source).cpu())
         rows.append({
             **{k: np.asarray(item[k], dtype=np.float32) for k in TARGET_KEYS},
             "case_id": str(item["case_id"]),

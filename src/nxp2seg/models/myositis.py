@@ -138,12 +138,20 @@ class GradingNet(nn.Module):
                 torch.as_tensor(si, device=dev))
 
     @torch.no_grad()
-    def region_features(self, probs: torch.Tensor, image: torch.Tensor, stations: Sequence[str]) -> torch.Tensor:
-        """``(B, R, F)``: the grader's region features inside ``probs`` (``(B, C, ...)`` on ``image``'s grid)."""
+    def region_features(self, probs: torch.Tensor, image: torch.Tensor, stations: Sequence[str],
+                        network_input: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, R, F)``: the grader's region features inside ``probs`` (``(B, C, ...)`` on ``image``'s grid).
+
+        ``network_input``: what the decoder features are computed from, when not ``image``
+        (the grading stage's perturbed input of the cases the segmenter saw, so that their
+        decoder features are as unfamiliar as those of new exams; intensities are always
+        read from ``image``).
+        """
         if self.grader is None:
             raise ValueError("this model has no grader")
         rm, sm, _ = self._slots(stations, probs.shape[1], probs.device)
-        decoder = self.decoder_features(image) if self.reads_decoder else None
+        source = image if network_input is None else network_input
+        decoder = self.decoder_features(source) if self.reads_decoder else None
         return self.grader.features(probs.float(), image, decoder, rm, sm)
 
     @torch.no_grad()
