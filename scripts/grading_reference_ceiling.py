@@ -161,7 +161,7 @@ def main() -> None:
     from grading_stage_on_bundle import grading_config
     from omegaconf import OmegaConf
 
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import instantiate_spec
     from nxp2seg.models.tissue import make_reference
 
     bundle = load_bundle(args.bundle)
@@ -171,7 +171,7 @@ def main() -> None:
         shipped = stage_on_bundle(args.bundle, args.overrides, args.cohort)[0]
         runs["shipped reference"] = shipped.metrics
         clean = tuple(shipped.summary["thresholds"]["clean"])
-    spec = GraderSpec.from_mapping(OmegaConf.to_container(grading_config(args.overrides).grading, resolve=True))
+    spec = instantiate_spec(grading_config(args.overrides).grading)
     if clean is None:  # the clean-muscle window of the cohort (the estimator's own statistics)
         from nxp2seg.data.datamodule import CohortDataModule
         from nxp2seg.models.grading_features import cohort_scale

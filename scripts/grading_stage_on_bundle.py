@@ -64,13 +64,13 @@ def stage_on_bundle(bundle_path: Path, overrides: list[str], cohort: Path | None
     from nxp2seg.data.datamodule import CohortDataModule
     from nxp2seg.inference.predictor import Predictor
     from nxp2seg.models.bundle import load_bundle
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import instantiate_spec
     from nxp2seg.models.grading_stage import run_grading_stage
     from nxp2seg.models.myositis import GradingNet
     from nxp2seg.train import build_grader
 
     cfg = grading_config(overrides)
-    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
+    spec = instantiate_spec(cfg.grading)
     bundle = load_bundle(bundle_path)
     if bundle.has_grading:
         print(f"{bundle_path}: already has a grader; learning a new one")
@@ -129,7 +129,7 @@ def main() -> None:
             validation[split] = {**validation.get(split, {}), **values}
         validation["grading_stage"] = result.summary
         config = OmegaConf.create(OmegaConf.to_container(bundle.config, resolve=True))
-        config.grading = OmegaConf.create({"enabled": True, **result.summary["spec"]})
+        config.grading = OmegaConf.create(result.summary["spec"])
         write_bundle(args.out, graded, config=config, dataset=bundle.dataset, preprocessing=bundle.preprocessing,
                      validation=validation, network=bundle.manifest["network"], grader=grader_spec)
         print(f"bundle with the grader written to {args.out.resolve()}")

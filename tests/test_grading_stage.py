@@ -67,9 +67,8 @@ def staged_run(phantom4, tmp_path_factory):
 def _stage_inputs(cohort, *extra):
     """Data module, an untrained network and a fresh grader of the smoke config, without fitting (fast)."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import instantiate_spec
     from nxp2seg.models.myositis import GradingNet
     from nxp2seg.models.segmenter import Segmenter
     from nxp2seg.train import build_grader, build_network
@@ -85,7 +84,7 @@ def _stage_inputs(cohort, *extra):
                        grade_scale=dm.grade_scale.name)
     segmenter = Segmenter(net=net, loss=torch.nn.Identity(), optimizer=torch.optim.SGD,
                           patch_size=prep.patch_size, inference=dict(cfg.model.inference))
-    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
+    spec = instantiate_spec(cfg.grading)
     return spec, dm, model, segmenter
 
 
@@ -102,14 +101,20 @@ def _run_stage(spec, dm, model, segmenter, **fit):
 
 
 def test_config_selects_the_grading_stage():
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import FeatureSpec, GraderSpec, instantiate_spec
     from nxp2seg.train import grading_enabled
 
     default = compose_train([])
     assert grading_enabled(default) and grading_enabled(compose_train(["grading=staged"]))
     assert not grading_enabled(compose_train(["grading=none"]))
-    spec = GraderSpec.from_mapping(default.grading)
+    spec = instantiate_spec(default.grading)  # Hydra builds the dataclasses named in the config
+    assert isinstance(spec, GraderSpec) and isinstance(spec.features, FeatureSpec)
     assert spec.features.decoder_features and spec.head.ensemble == 5 and spec.fit.folds == 5
+    assert spec.features.fat_levels == (0.1, 0.25, 0.5, 0.75)  # lists become the fields' tuples
+    assert GraderSpec.from_mapping(default.grading) == spec  # the plain path (bundles) agrees
+    assert instantiate_spec(compose_train(["grading.fit.epochs=7"]).grading).fit.epochs == 7
+    with pytest.raises(ValueError, match="grading"):
+        instantiate_spec(compose_train(["+grading.fit.epoch=3"]).grading)
     assert "grading_stage" not in default and "grading" not in default.model  # one grading block
 
 

@@ -109,12 +109,12 @@ def build_grader(cfg: DictConfig, datamodule: Any, net: Any) -> tuple[Any, dict[
     from nxp2seg.data.regions import slot_counts
     from nxp2seg.models.grading import FeatureTap
     from nxp2seg.models.grading import build_grader as build
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import instantiate_spec
 
     tap = FeatureTap(net)
     channels = tap.channels
     tap.remove()
-    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True)).to_dict()
+    spec = instantiate_spec(cfg.grading).to_dict()
     kwargs = {
         "spec": spec,
         "feature_channels": int(channels),
@@ -190,11 +190,11 @@ def run_grading_stage(
 
     import torch
 
-    from nxp2seg.models.grading_spec import GraderSpec
+    from nxp2seg.models.grading_spec import instantiate_spec
     from nxp2seg.models.grading_stage import run_grading_stage as run_stage
     from nxp2seg.models.myositis import GradingNet, size_divisor_of
 
-    spec = GraderSpec.from_mapping(OmegaConf.to_container(cfg.grading, resolve=True))
+    spec = instantiate_spec(cfg.grading)
     if fast_dev_run:
         spec = dataclasses.replace(spec, fit=dataclasses.replace(spec.fit, epochs=1))
     if device is not None:

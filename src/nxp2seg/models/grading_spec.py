@@ -1,8 +1,9 @@
 """What the grader is, as config: the ``grading`` block of ``train.yaml`` in dataclasses.
 
 The grader has four parts, each a frozen dataclass built from its config node
-(``configs/grading/staged.yaml``; Hydra composes, :meth:`GraderSpec.from_mapping`
-checks):
+(``configs/grading/staged.yaml``: every block names its dataclass as ``_target_``
+and :func:`instantiate_spec` has Hydra instantiate them; each checks its values
+on construction):
 
 * :class:`ReferenceSpec` -- the normal-muscle STIR reference estimator
   (:mod:`nxp2seg.models.tissue`): which one and its settings;
@@ -41,6 +42,7 @@ __all__ = [
     "HeadSpec",
     "OperatingSpec",
     "ReferenceSpec",
+    "instantiate_spec",
 ]
 
 FLAG_RULES: tuple[str, ...] = ("youden", "specificity", "fixed")
@@ -256,10 +258,19 @@ class OperatingSpec:
             raise ValueError("grading.operating: min_specificity and threshold must be in (0, 1)")
 
 
+#: Hydra's keys in a config node, not fields of the dataclasses.
+_HYDRA_KEYS = ("_target_", "_convert_", "_recursive_", "_partial_")
+
+
+def _strip(d: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(d or {}).items() if k not in _HYDRA_KEYS}
+
+
 @dataclass(frozen=True)
 class GraderSpec:
-    """The whole ``grading`` block."""
+    """The whole ``grading`` block (``enabled``: learn a grader after the segmentation fit)."""
 
+    enabled: bool = True
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
     features: FeatureSpec = field(default_factory=FeatureSpec)
     head: HeadSpec = field(default_factory=HeadSpec)
@@ -268,16 +279,16 @@ class GraderSpec:
 
     @classmethod
     def from_mapping(cls, d: Mapping[str, Any] | None) -> GraderSpec:
-        """From the (resolved) ``grading`` config node; unknown keys are an error naming them."""
-        d = dict(d or {})
-        d.pop("enabled", None)
-        parts = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(parts))
-        if unknown:
-            raise ValueError(f"grading has unknown keys {unknown}; known: enabled, {', '.join(parts)}")
+        """From a plain mapping (the resolved config node, or what a bundle recorded; Hydra's
+        ``_target_`` keys ignored); unknown keys are an error naming them."""
+        d = _strip(d)
         types = {"reference": ReferenceSpec, "features": FeatureSpec, "head": HeadSpec,
                  "fit": FitSpec, "operating": OperatingSpec}
-        return cls(**{k: dataclass_from_mapping(types[k], d.get(k), f"grading.{k}") for k in parts})
+        unknown = sorted(set(d) - {"enabled", *types})
+        if unknown:
+            raise ValueError(f"grading has unknown keys {unknown}; known: enabled, {', '.join(types)}")
+        parts = {k: dataclass_from_mapping(t, _strip(d.get(k)), f"grading.{k}") for k, t in types.items()}
+        return cls(enabled=bool(d.get("enabled", True)), **parts)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists for tuples), as the bundle records them."""
@@ -290,3 +301,25 @@ class GraderSpec:
             return x
 
         return plain(dataclasses.asdict(self))
+
+
+def instantiate_spec(node: Any) -> GraderSpec:
+    """The ``grading`` config node instantiated by Hydra (its ``_target_`` dataclasses).
+
+    A node without ``_target_`` (an older config, a plain mapping) goes through
+    :meth:`GraderSpec.from_mapping`. A misspelt key is a ``ValueError`` naming the block.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+    if "_target_" not in plain:
+        return GraderSpec.from_mapping(plain)
+    try:
+        spec = instantiate(plain, _convert_="all")
+    except InstantiationException as e:
+        raise ValueError(f"grading: {e}; see configs/grading/staged.yaml for the keys") from None
+    if not isinstance(spec, GraderSpec):
+        raise ValueError(f"grading._target_ must be nxp2seg.models.grading_spec.GraderSpec, got {type(spec).__name__}")
+    return spec
