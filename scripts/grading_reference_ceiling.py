@@ -63,7 +63,7 @@ def true_references(bundle, cohort: Path, clean: tuple[float, float]) -> list[di
     import torch.nn.functional as F
     from monai import transforms as mt
 
-    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.data.pipelines import preprocess_transforms
     from nxp2seg.models.tissue import LowestPeakReference
 
     if not (cohort / "truth" / "edema").is_dir():

@@ -166,7 +166,7 @@ def test_head_grades_the_same_from_the_bundle(staged_run):
     the grades the stage validated (the head was trained on exactly these probabilities)."""
     from monai import transforms as mt
 
-    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.data.pipelines import preprocess_transforms
     from nxp2seg.inference.predictor import Predictor
     from nxp2seg.models.bundle import load_bundle
     from nxp2seg.models.grading_stage import stage_rows
@@ -497,7 +497,6 @@ def test_muscle_level_slots_pad_the_smaller_station():
     from helpers_muscle import per_muscle_schema
 
     from nxp2seg.data.regions import (
-        case_targets,
         lr_permutation,
         n_region_slots,
         region_membership,
@@ -505,6 +504,7 @@ def test_muscle_level_slots_pad_the_smaller_station():
         subcut_membership,
     )
     from nxp2seg.data.schema import get_grade_scale
+    from nxp2seg.grading.tables import case_targets
 
     schema = per_muscle_schema()
     assert slot_counts(schema) == (26, 22) and n_region_slots(schema) == 26

@@ -180,8 +180,17 @@ def test_predict_scores_a_case_by_the_grading_rules():
     names = schema.region_names("thigh")
     edema = np.array([2.4, 0.6, 4.5, 1.49, 0.2, 3.0], np.float32)
     fat = np.array([0.49, 1.5, 3.7, 4.6, -0.2, 2.0], np.float32)
-    grades = {"edema": edema, "fat": fat, "fascial_prob": np.full(6, 0.7, np.float32),
-              "subcut_prob": np.full(6, 0.2, np.float32), "pattern_prob": np.array([0.1, 0.6, 0.2, 0.1])}
+    # the grader's calls at its default operating points (rounding half up, flags at 0.5, argmax)
+    import torch
+
+    from nxp2seg.models.grading import build_grader
+    from nxp2seg.models.grading_spec import GraderSpec
+
+    grader = build_grader(GraderSpec().to_dict(), 0, [1.0, 1.0, 1.0], scale.max_grade)
+    out = {"edema": torch.as_tensor(edema)[None], "fat": torch.as_tensor(fat)[None],
+           "fascial_logit": torch.logit(torch.full((1, 6), 0.7)), "subcut_logit": torch.logit(torch.full((1, 6), 0.2)),
+           "pattern_logits": torch.log(torch.tensor([[0.1, 0.6, 0.2, 0.1]]))}
+    grades = {k: v[0].float().numpy() for k, v in grader.calls(out, torch.tensor([0])).items()}
     labels = np.zeros((4, 4, 4), np.int16)
     case = CaseInput(case_id="c1", subject_id="s1", station="thigh", source="nifti", t1=None, stir=None)
     rows, row = pred._tables(case, "thigh", "given", labels, np.zeros(labels.shape, bool), 0.001, grades)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nxp2seg.data.transforms import laterality_map
+from nxp2seg.data.laterality import laterality_map
 from nxp2seg.models.grading_scale import CohortSample, fit_cohort_scale, thresholds
 from nxp2seg.models.grading_spec import FeatureSpec, ReferenceSpec
 from nxp2seg.models.region_features import RegionFeatures

@@ -81,7 +81,7 @@ def plain_tensor(x: Any) -> torch.Tensor:
 def _loader(datamodule: Any, with_label: bool) -> Callable[[Mapping[str, Any]], Mapping[str, Any]]:
     from monai import transforms as mt
 
-    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.data.pipelines import preprocess_transforms
 
     load = mt.Compose(preprocess_transforms(datamodule.preprocessing, with_label=with_label))
     keys = ("t1", "stir", "label") if with_label else ("t1", "stir")

@@ -101,7 +101,7 @@ def _perturbation(fit: Any, datamodule: Any, segment: Any, model: Any,
         return float(fit.perturb), {"strength": float(fit.perturb), "mode": "fixed"}
     from monai import transforms as mt
 
-    from nxp2seg.data.transforms import preprocess_transforms
+    from nxp2seg.data.pipelines import preprocess_transforms
     from nxp2seg.models.perturbation import calibrate_strength
 
     n = int(fit.calibration_cases)
