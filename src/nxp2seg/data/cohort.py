@@ -39,6 +39,8 @@ from nxp2seg.io import atomic_write_text, save_nifti, write_csv
 
 __all__ = [
     "CHANNELS",
+    "CHANNEL_SETS",
+    "DIXON_CHANNELS",
     "CASE_COLUMNS",
     "GRADE_COLUMNS",
     "PATTERN_COLUMNS",
@@ -48,8 +50,12 @@ __all__ = [
     "CohortError",
 ]
 
-#: nnU-Net channel index -> modality.
+#: nnU-Net channel index -> modality (the default: T1 and STIR).
 CHANNELS: dict[str, str] = {"0": "T1", "1": "STIR"}
+#: Dixon: channel 0 is always the fat-bright image, channel 1 the fat-suppressed one.
+DIXON_CHANNELS: dict[str, str] = {"0": "FAT", "1": "WATER"}
+#: Every channel naming nxp2seg reads.
+CHANNEL_SETS: tuple[dict[str, str], ...] = (CHANNELS, DIXON_CHANNELS)
 CASE_COLUMNS = ["case_id", "subject_id", "station", "split"]
 GRADE_COLUMNS = [
     "case_id",
@@ -78,7 +84,7 @@ class DatasetDescription:
     Attributes:
         schema: label schema (labels, graded regions, level).
         grade_scale: edema grade scale (``beltrame6`` by default).
-        channel_names: ``{"0": "T1", "1": "STIR"}``.
+        channel_names: ``{"0": "T1", "1": "STIR"}`` or, Dixon, ``{"0": "FAT", "1": "WATER"}``.
         raters: rater ids the tables may use; ``None`` = not declared (not checked).
         num_training: number of cases in ``imagesTr``.
         name, description: free text.
@@ -129,10 +135,11 @@ class DatasetDescription:
         if not isinstance(raw_channels, Mapping):
             raise SchemaError(f"dataset.json channel_names must be an object like {CHANNELS}, not {raw_channels!r}")
         channel_names = {str(k): str(v) for k, v in raw_channels.items()}
-        if channel_names != CHANNELS:
+        if channel_names not in CHANNEL_SETS:
             raise SchemaError(
                 f"dataset.json channel_names is {channel_names}; nxp2seg reads {CHANNELS} "
-                "(channel 0 = T1 as *_0000, channel 1 = STIR as *_0001)"
+                f"(channel 0 = T1 as *_0000, channel 1 = STIR as *_0001) or, Dixon, {DIXON_CHANNELS} "
+                "(channel 0 = the fat image, channel 1 = the water image)"
             )
         file_ending = d.get("file_ending", ".nii.gz")
         if file_ending not in (".nii.gz", ".nii"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from nxp2seg.phantom.fields import SmoothField
 
-__all__ = ["Grid", "make_grid", "rotation_matrix", "render_grid", "apply_scanner"]
+__all__ = ["Grid", "make_grid", "rotation_matrix", "render_grid", "apply_scanner", "apply_scanner_dixon"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,33 @@ def apply_scanner(
     """
     gamma = 1.0 + rng.uniform(-jitter, jitter)
     s = np.power(np.maximum(signal, 0), gamma)
+    field = _bias_field(grid, rng, bias, bias_amp, fov_half, fov_centre)
+    return _rician(s * field * gain, gain / snr, rng)
+
+
+def apply_scanner_dixon(
+    fat: np.ndarray,
+    water: np.ndarray,
+    grid: Grid,
+    rng: np.random.Generator,
+    bias: SmoothField,
+    bias_amp: float,
+    fov_half: np.ndarray,
+    fov_centre: np.ndarray,
+    gain: float,
+    snr: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scanner effects of one chemical-shift acquisition: the fat and water images
+    come from the same echoes, so they share the gain, the bias field and the
+    noise level (no per-channel contrast jitter: fat / (fat + water) is a
+    physical fraction); the noise itself is independent (magnitude images).
+    """
+    field = _bias_field(grid, rng, bias, bias_amp, fov_half, fov_centre)
+    sigma = gain / snr
+    return _rician(fat * field * gain, sigma, rng), _rician(water * field * gain, sigma, rng)
+
+
+def _bias_field(grid: Grid, rng, bias: SmoothField, bias_amp: float, fov_half, fov_centre) -> np.ndarray:
     pts = grid.centres()
     b_smooth = bias(*pts).reshape(grid.shape)
     ex = ((pts[0] - fov_centre[0]) / fov_half[0]).reshape(grid.shape)
@@ -164,9 +191,12 @@ def apply_scanner(
     edge = ex**2 + ey**2  # 0 at the centre, ~1-2 at the edges
     direction = rng.choice([-1.0, 1.0])
     raw = 0.35 * b_smooth + direction * (edge - 0.5) + 0.25 * rng.uniform(-1, 1) * ex
-    field = 1.0 + bias_amp * np.tanh(raw)
-    sigma = gain / snr
-    real = s * field * gain + rng.normal(0.0, sigma, s.shape)
-    imag = rng.normal(0.0, sigma, s.shape)
+    return 1.0 + bias_amp * np.tanh(raw)
+
+
+def _rician(mean: np.ndarray, sigma: float, rng) -> np.ndarray:
+    """Magnitude of the signal plus complex Gaussian noise, as int16 scanner units."""
+    real = mean + rng.normal(0.0, sigma, mean.shape)
+    imag = rng.normal(0.0, sigma, mean.shape)
     mag = np.sqrt(real**2 + imag**2)
     return np.clip(np.rint(mag), 0, 32767).astype(np.int16)

@@ -3,7 +3,12 @@
 Everything is a dataclass field, so a shifted test set is one override away::
 
     python -m nxp2seg.phantom out=/tmp/shifted subjects=20 preset=small \\
-        acquisition.snr=[8,15] acquisition.oblique_probability=1.0
+        acquisition.snr=[8,15] acquisition.oblique_probability=1.0 \\
+        contrast.mild_edema.stir=[1.2,1.6]
+
+``sequence=dixon`` renders the Dixon fat and water images (channels FAT,
+WATER) instead of T1 and STIR, from the same anatomy, disease and fat
+fractions as the T1/STIR cohort of the same seed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nxp2seg.phantom.clinical import ClinicalConfig
+from nxp2seg.phantom.contrast import SEQUENCES, ContrastConfig
 from nxp2seg.phantom.disease import DiseaseConfig
 from nxp2seg.phantom.readers import ReaderConfig
 
@@ -61,10 +67,12 @@ class PhantomConfig:
     # what the readers grade: "compartment" or "muscle" (every muscle of each side; needs
     # label_level=muscle); null = as label_level
     grade_level: str | None = None
+    sequence: str = "t1_stir"  # "t1_stir" (channels T1, STIR) or "dixon" (FAT, WATER)
     test_fraction: float = 0.2  # subjects held out (split=test)
     workers: int = 0  # processes; 0 = one per core
     overwrite: bool = False
     acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     disease: DiseaseConfig = field(default_factory=DiseaseConfig)
     readers: ReaderConfig = field(default_factory=ReaderConfig)
     clinical: ClinicalConfig = field(default_factory=ClinicalConfig)
@@ -133,5 +141,13 @@ def make_config(overrides: dict[str, Any] | None = None) -> PhantomConfig:
     preset = overrides.get("preset", "small")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = PhantomConfig(preset=preset, acquisition=AcquisitionConfig(**PRESETS[preset]))
-    return _apply(cfg, overrides)
+    cfg = _apply(PhantomConfig(preset=preset, acquisition=AcquisitionConfig(**PRESETS[preset])), overrides)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: PhantomConfig) -> None:
+    """Raise ``ValueError`` naming the option that cannot be honoured."""
+    if cfg.sequence not in SEQUENCES:
+        raise ValueError(f"phantom option sequence={cfg.sequence!r}: choose one of {list(SEQUENCES)}")
+    cfg.contrast.check()

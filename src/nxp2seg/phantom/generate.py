@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nxp2seg.data.cohort import CohortError, CohortWriter, DatasetDescription
+from nxp2seg.data.cohort import CHANNELS, DIXON_CHANNELS, CohortError, CohortWriter, DatasetDescription
 from nxp2seg.data.schema import (
     MUSCLES,
     SIDES,
@@ -30,7 +30,7 @@ from nxp2seg.data.schema import (
     get_grade_scale,
 )
 from nxp2seg.io import make_nifti, save_nifti, write_csv
-from nxp2seg.phantom.acquisition import Grid, apply_scanner, make_grid, render_grid, rotation_matrix
+from nxp2seg.phantom.acquisition import Grid, apply_scanner, apply_scanner_dixon, make_grid, render_grid, rotation_matrix
 from nxp2seg.phantom.anatomy import StationAnatomy, Tissue, muscle_label_table, sample_leg_params
 from nxp2seg.phantom.clinical import simulate_clinical
 from nxp2seg.phantom.config import PhantomConfig, make_config
@@ -48,8 +48,8 @@ class CaseImages:
     """One rendered case: images, labels and truth maps with their metadata."""
 
     case_id: str
-    t1: Any  # nibabel images
-    stir: Any
+    t1: Any  # nibabel images: channel 0 (T1, or the Dixon fat image)
+    stir: Any  # channel 1 (STIR, or the Dixon water image)
     label_compartment: Any
     label_muscle: Any
     edema: Any
@@ -69,9 +69,16 @@ def _case_rng(seed: int, subject_index: int, station: str) -> np.random.Generato
     return np.random.default_rng(np.random.SeedSequence([seed, subject_index, STATIONS.index(station), 0x9E37]))
 
 
+def _contrast_rng(seed: int, subject_index: int, station: str) -> np.random.Generator:
+    """The Dixon contrast stream: anatomy and disease stay those of the T1/STIR cohort of the same seed."""
+    return np.random.default_rng(np.random.SeedSequence([seed, subject_index, STATIONS.index(station), 0xD1C0]))
+
+
 def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, station: str) -> CaseImages:
-    """Render one station of one subject: T1, STIR, labels and truth maps."""
+    """Render one station of one subject: the two channels (T1 and STIR, or Dixon
+    fat and water), labels and truth maps."""
     acq = cfg.acquisition
+    dixon = cfg.sequence == "dixon"
     rng = _case_rng(cfg.seed, subject_index, station)
     truth = subject.stations[station]
     hab = _habitus(subject, rng)
@@ -118,14 +125,21 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     same_grid = stir_grid.shape == t1_grid.shape and np.allclose(stir_grid.affine, t1_grid.affine)
     corners = np.concatenate([t1_grid.corners(), stir_grid.corners()], axis=1)
     box = (corners.min(axis=1) - 10, corners.max(axis=1) + 10)
+    if dixon:  # fat and water come from the same echoes, on one grid; the draws and the box above
+        # are the T1/STIR case's, so anatomy and disease are those of the T1/STIR cohort of the seed
+        stir_grid, stir_sp, stir_ax, coarse, shifted = t1_grid, spacing, axcodes, False, False
     if acq.deformation_mm > 0:
         anatomy.displacement = tuple(
             _ScaledField(SmoothField(rng, *box, acq.deformation_corr_mm), acq.deformation_mm) for _ in range(3)
         )
-    contrast = sample_contrast(rng)
+    crng = rng
+    if dixon:  # the T1/STIR draws still come off the case's stream, so what follows stays the same
+        sample_contrast(rng, cfg.contrast, "t1_stir")
+        crng = _contrast_rng(cfg.seed, subject_index, station)
+    contrast = sample_contrast(crng, cfg.contrast, cfg.sequence)
     regions = [truth.regions[name] for name in _station_regions(station)]
     probe = _probe_points(t1_grid, max(1, acq.supersample // 2))
-    renderer = CaseRenderer(anatomy, regions, contrast, box, probe, rng)
+    renderer = CaseRenderer(anatomy, regions, contrast, box, probe, rng, contrast_rng=crng)
 
     comp_schema = default_compartment_schema()
     region_values = np.array([comp_schema.labels[n] for n in _station_regions(station)], np.uint8)
@@ -164,21 +178,27 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         return res
 
     ss = (acq.supersample, acq.supersample, acq.subslices)
-    fields = {"t1": np.float32, "edema": np.float32, "fat": np.float32}
-    if same_grid:
-        fields["stir"] = np.float32
+    fields = {"c0": np.float32, "edema": np.float32, "fat": np.float32}
+    if same_grid or dixon:
+        fields["c1"] = np.float32
     t1_out = render_grid(t1_grid, fn, fields, ss, labels=("label_c", "label_m"))
-    if same_grid:
-        stir_sig = t1_out["stir"]
+    if same_grid or dixon:
+        stir_sig = t1_out["c1"]
     else:
-        stir_sig = render_grid(stir_grid, lambda x, y, z: renderer.render(x, y, z), {"stir": np.float32}, ss)["stir"]
+        stir_sig = render_grid(stir_grid, lambda x, y, z: renderer.render(x, y, z), {"c1": np.float32}, ss)["c1"]
 
     bias = SmoothField(rng, *box, 120.0)
     fov_half = np.array([ni * spacing / 2, nj * spacing / 2])
     gains = np.exp(rng.uniform(np.log(acq.gain[0]), np.log(acq.gain[1]), 2))
     snrs = rng.uniform(*acq.snr, 2)
-    t1_img = apply_scanner(t1_out["t1"], t1_grid, rng, bias, acq.bias, fov_half, centre, gains[0], snrs[0], acq.contrast_jitter)
-    stir_img = apply_scanner(stir_sig, stir_grid, rng, bias, acq.bias, fov_half, centre, gains[1], snrs[1], acq.contrast_jitter)
+    if dixon:
+        t1_img, stir_img = apply_scanner_dixon(
+            t1_out["c0"], stir_sig, t1_grid, rng, bias, acq.bias, fov_half, centre, gains[0], snrs[0]
+        )
+        gains[1], snrs[1] = gains[0], snrs[0]
+    else:
+        t1_img = apply_scanner(t1_out["c0"], t1_grid, rng, bias, acq.bias, fov_half, centre, gains[0], snrs[0], acq.contrast_jitter)
+        stir_img = apply_scanner(stir_sig, stir_grid, rng, bias, acq.bias, fov_half, centre, gains[1], snrs[1], acq.contrast_jitter)
 
     region_stats = []
     for r, name in enumerate(_station_regions(station)):
@@ -338,6 +358,7 @@ def generate_cohort(
               else default_compartment_schema())
     dataset = DatasetDescription(
         schema=schema,
+        channel_names=dict(DIXON_CHANNELS if cfg.sequence == "dixon" else CHANNELS),
         grade_scale=get_grade_scale(cfg.grade_scale),
         raters=list(cfg.readers.raters),
         name="nxp2seg phantom",
@@ -345,7 +366,8 @@ def generate_cohort(
             f"Synthetic lower-limb myositis MRI (nxp2seg phantom): {cfg.subjects} subjects, "
             f"preset {cfg.preset}, seed {cfg.seed}"
         ),
-        extra={"phantom": {"preset": cfg.preset, "seed": cfg.seed, "subjects": cfg.subjects}},
+        extra={"phantom": {"preset": cfg.preset, "seed": cfg.seed, "subjects": cfg.subjects,
+                           **({"sequence": cfg.sequence} if cfg.sequence != "t1_stir" else {})}},
     )
     writer = CohortWriter(root, dataset, overwrite=cfg.overwrite)
     jobs = [

@@ -1,7 +1,9 @@
-"""Tissue contrast and disease: signal of T1 and STIR at world points.
+"""Tissue contrast and disease: signal of the two channels at world points.
 
-Signal is relative to normal muscle (= 1) before gain, noise and bias
-(PHANTOM.md, "Contrast"). Disease is placed per graded region from the true
+The channels are T1 and STIR, or the Dixon fat and water images
+(:mod:`nxp2seg.phantom.contrast` holds the table, as config). Signal is
+relative to normal muscle (= 1) before gain, noise and bias (PHANTOM.md,
+"Contrast"). Disease is placed per graded region from the true
 grades drawn by :mod:`nxp2seg.phantom.disease`:
 
 * **edema** inside muscle: one or more seeds; a voxel is edematous where its
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nxp2seg.phantom.anatomy import StationAnatomy, Tissue
+from nxp2seg.phantom.contrast import CHANNELS_BY_SEQUENCE, ContrastConfig, sample_tissue
 from nxp2seg.phantom.fields import SmoothField
 
 __all__ = ["Contrast", "sample_contrast", "RegionRender", "CaseRenderer"]
@@ -29,27 +32,45 @@ __all__ = ["Contrast", "sample_contrast", "RegionRender", "CaseRenderer"]
 
 @dataclass
 class Contrast:
-    """Per-case relative signal of each tissue class: index = :class:`Tissue` value."""
+    """Per-case relative signal of each tissue class on the case's two channels.
 
-    t1: np.ndarray  # (9,)
-    stir: np.ndarray  # (9,)
-    muscle_septum_t1: float
-    muscle_septum_stir: float
+    ``c0`` is channel 0 (the fat-bright image: T1, or Dixon fat), ``c1``
+    channel 1 (the fat-suppressed image: STIR, or Dixon water); index =
+    :class:`Tissue` value.
+    """
+
+    channels: tuple[str, str]
+    c0: np.ndarray  # (9,)
+    c1: np.ndarray  # (9,)
+    muscle_septum: tuple[float, float]
+    intramuscular_fat: tuple[float, float]
+    table: ContrastConfig
+
+    @property
+    def muscle(self) -> tuple[float, float]:
+        return float(self.c0[Tissue.MUSCLE]), float(self.c1[Tissue.MUSCLE])
 
 
-def sample_contrast(rng: np.random.Generator) -> Contrast:
-    u = rng.uniform
-    t1 = np.zeros(9, np.float32)
-    st = np.zeros(9, np.float32)
-    t1[Tissue.SKIN], st[Tissue.SKIN] = u(1.1, 1.3), u(1.1, 1.4)
-    t1[Tissue.FAT], st[Tissue.FAT] = u(3.0, 3.4), u(0.15, 0.3)
-    t1[Tissue.FASCIA], st[Tissue.FASCIA] = u(1.6, 2.0), u(0.4, 0.6)
-    t1[Tissue.MUSCLE], st[Tissue.MUSCLE] = 1.0, 1.0
-    t1[Tissue.SEPTUM], st[Tissue.SEPTUM] = u(1.6, 2.0), u(0.4, 0.6)
-    t1[Tissue.CORTEX], st[Tissue.CORTEX] = u(0.05, 0.15), u(0.05, 0.15)
-    t1[Tissue.MARROW], st[Tissue.MARROW] = u(3.0, 3.4), u(0.15, 0.3)
-    t1[Tissue.VESSEL], st[Tissue.VESSEL] = u(0.4, 0.7), u(1.8, 2.6)
-    return Contrast(t1=t1, stir=st, muscle_septum_t1=u(1.3, 1.5), muscle_septum_stir=u(0.6, 0.75))
+def sample_contrast(rng: np.random.Generator, table: ContrastConfig | None = None, sequence: str = "t1_stir") -> Contrast:
+    """One case's tissue values, drawn from ``table`` in a fixed order (same table and stream, same values)."""
+    table = ContrastConfig() if table is None else table
+    channels = CHANNELS_BY_SEQUENCE[sequence]
+    c0 = np.zeros(9, np.float32)
+    c1 = np.zeros(9, np.float32)
+    for tissue, name in (
+        (Tissue.SKIN, "skin"),
+        (Tissue.FAT, "fat"),
+        (Tissue.FASCIA, "septa"),
+        (Tissue.MUSCLE, "muscle"),
+        (Tissue.SEPTUM, "septa"),
+        (Tissue.CORTEX, "cortex"),
+        (Tissue.MARROW, "marrow"),
+        (Tissue.VESSEL, "vessel"),
+    ):
+        c0[tissue], c1[tissue] = sample_tissue(rng, getattr(table, name), channels)
+    septum = sample_tissue(rng, table.muscle_septa, channels)
+    infiltration = sample_tissue(rng, table.intramuscular_fat, channels)
+    return Contrast(channels, c0, c1, septum, infiltration, table)
 
 
 @dataclass
@@ -58,13 +79,12 @@ class RegionRender:
 
     seeds: np.ndarray  # (k, 3)
     thresholds: np.ndarray  # (k,)
-    edema_t1: float
-    edema_stir: float
+    edema: tuple[float, float]  # edema's level on channels 0, 1
     fascicle_dir: np.ndarray  # (2,) in-plane unit vector
     fat_kappa: float
     fat_lambda: float
-    fascial: tuple[float, float, float, float] | None  # theta_c, half_width, band_mm, stir
-    subcut: tuple[float, float, float, float] | None  # theta_c, half_width, t1, stir
+    fascial: tuple[float, float, float, tuple[float, float]] | None  # theta_c, half_width, band_mm, levels
+    subcut: tuple[float, float, tuple[float, float]] | None  # theta_c, half_width, levels
     seed_muscles: np.ndarray | None = None  # (k,) muscle index each seed is confined to, or None
 
 
@@ -89,11 +109,15 @@ class CaseRenderer:
         probe: world points ``(3, N)`` of the T1 voxel centres, used to place
             seeds and calibrate thresholds.
         rng: random generator.
+        contrast_rng: where the regions' disease signal levels are drawn
+            (default ``rng``): a separate stream keeps anatomy and disease
+            identical whatever the contrast table draws.
     """
 
-    def __init__(self, anatomy: StationAnatomy, regions, contrast: Contrast, box, probe: np.ndarray, rng):
+    def __init__(self, anatomy: StationAnatomy, regions, contrast: Contrast, box, probe: np.ndarray, rng, contrast_rng=None):
         self.anatomy = anatomy
         self.contrast = contrast
+        self._crng = rng if contrast_rng is None else contrast_rng
         lo, hi = box
         self.edema_noise = SmoothField(rng, lo, hi, (10.0, 10.0, 25.0))
         self.texture = SmoothField(rng, lo, hi, (6.0, 6.0, 15.0))
@@ -106,6 +130,13 @@ class CaseRenderer:
         self.plan = [self._plan_region(r, spec, a, probe, rng) for r, spec in enumerate(regions)]
 
     # -- planning -------------------------------------------------------------
+    def _levels(self, rng, ranges) -> tuple[float, float]:
+        """A disease level on the case's channels. The T1/STIR values are always drawn from
+        ``rng``, so the disease drawn after them is the T1/STIR cohort's whatever the sequence;
+        other channels take theirs from the contrast stream."""
+        t1_stir = sample_tissue(rng, ranges, CHANNELS_BY_SEQUENCE["t1_stir"])
+        return t1_stir if self._crng is rng else sample_tissue(self._crng, ranges, self.contrast.channels)
+
     def _edema_score(self, pts: np.ndarray, seed: np.ndarray) -> np.ndarray:
         d = np.sqrt((pts[0] - seed[0]) ** 2 + (pts[1] - seed[1]) ** 2 + (_Z_SCALE * (pts[2] - seed[2])) ** 2)
         return d * (1.0 + 0.35 * self.edema_noise(pts[0], pts[1], pts[2]))
@@ -132,10 +163,9 @@ class CaseRenderer:
             for j in range(k):
                 s = self._edema_score(pts, seeds[j])
                 thr[j] = np.inf if frac >= 0.999 else np.quantile(s, min(frac / k, 1.0))
-        if spec.edema_intensity == "moderate":
-            e_t1, e_st = rng.uniform(0.85, 0.95), rng.uniform(2.2, 3.2)
-        else:
-            e_t1, e_st = rng.uniform(0.9, 1.0), rng.uniform(1.4, 1.9)
+        table = self.contrast.table
+        level = table.moderate_edema if spec.edema_intensity == "moderate" else table.mild_edema
+        edema_level = self._levels(rng, level)
         ang = rng.uniform(0, np.pi)
         fdir = np.array([np.cos(ang), np.sin(ang)])
         F = float(spec.fat_fraction)
@@ -158,14 +188,16 @@ class CaseRenderer:
             near = (a["region"] == r) & (a["fascia_depth"] > 0) & (a["fascia_depth"] < 4)
             th = a["theta"][near]
             centre = float(th[rng.integers(len(th))]) if len(th) else 0.0
-            fascial = (centre, rng.uniform(0.5, 1.3), rng.uniform(2.0, 4.0), rng.uniform(2.0, 3.0))
+            hw, band = rng.uniform(0.5, 1.3), rng.uniform(2.0, 4.0)
+            fascial = (centre, hw, band, self._levels(rng, table.fascial_edema))
         subcut = None
         if spec.subcutaneous_edema:
             fat = (a["region"] == r) & (a["tissue"] == Tissue.FAT)
             th = a["theta"][fat]
             centre = float(th[rng.integers(len(th))]) if len(th) else 0.0
-            subcut = (centre, rng.uniform(0.6, 1.3), rng.uniform(2.0, 2.4), rng.uniform(1.6, 2.5))
-        return RegionRender(seeds, thr, e_t1, e_st, fdir, kappa, lam, fascial, subcut, seed_muscles)
+            hw = rng.uniform(0.6, 1.3)
+            subcut = (centre, hw, self._levels(rng, table.subcutaneous_edema))
+        return RegionRender(seeds, thr, edema_level, fdir, kappa, lam, fascial, subcut, seed_muscles)
 
     def _plan_muscles(self, spec, muscle: np.ndarray, pts: np.ndarray, rng
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,15 +222,17 @@ class CaseRenderer:
     def render(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
         """Signal and truth at world points shaped ``(A, B, T)`` (in-plane axes first).
 
-        Returns float32 ``t1``, ``stir``, ``edema`` (0..1 soft mask), ``fat``
-        (fraction), and the anatomy's ``tissue``, ``region``, ``side``,
+        Returns float32 ``c0`` and ``c1`` (channels 0 and 1: T1 and STIR, or
+        Dixon fat and water), ``edema`` (0..1 soft mask), ``fat`` (fraction),
+        and the anatomy's ``tissue``, ``region``, ``side``,
         ``compartment``, ``muscle``.
         """
         a = self.anatomy.evaluate(x, y, z)
         c = self.contrast
         tissue = a["tissue"]
-        t1 = c.t1[tissue].astype(np.float32)
-        st = c.stir[tissue].astype(np.float32)
+        t1 = c.c0[tissue].astype(np.float32)  # channel 0 (fat-bright); "st": channel 1 (fat-suppressed)
+        st = c.c1[tissue].astype(np.float32)
+        m0, m1 = c.muscle
         muscle = tissue == Tissue.MUSCLE
         # thin septa between muscles of one compartment: where the muscle index changes
         m = a["muscle"]
@@ -212,8 +246,7 @@ class CaseRenderer:
         tex = 1.0 + 0.03 * self.muscle_tex(x[muscle], y[muscle], z[muscle])
         t1[muscle] *= tex
         st[muscle] *= tex
-        t1[edge] = c.muscle_septum_t1
-        st[edge] = c.muscle_septum_stir
+        t1[edge], st[edge] = c.muscle_septum
         edema = np.zeros(x.shape, np.float32)
         fat = np.zeros(x.shape, np.float32)
         region = a["region"]
@@ -245,15 +278,15 @@ class CaseRenderer:
                 feather = np.cos(2 * np.pi * along / 8.0 + 6.0 * self.feather_phase(*pts))
                 amp = np.clip(1.0 + 0.25 * self.texture(*pts) + 0.12 * feather, 0.45, 1.5)
                 edema[sel] = w
-                st[sel] = st[sel] + (plan.edema_stir - 1.0) * w * amp
-                t1[sel] = t1[sel] - (1.0 - plan.edema_t1) * w
+                st[sel] = st[sel] + (plan.edema[1] - m1) * w * amp
+                t1[sel] = t1[sel] - (m0 - plan.edema[0]) * w
             if plan.fat_kappa > 0:
                 f = np.minimum(plan.fat_kappa * self._fat_raw(pts, a["boundary"][sel], plan.fat_lambda), 0.95)
                 fat[sel] = f
-                t1[sel] = (1 - f) * t1[sel] + f * 3.2
-                st[sel] = (1 - f) * st[sel] + f * 0.2
+                t1[sel] = (1 - f) * t1[sel] + f * c.intramuscular_fat[0]
+                st[sel] = (1 - f) * st[sel] + f * c.intramuscular_fat[1]
             if plan.fascial is not None:
-                centre, hw, band, val = plan.fascial
+                centre, hw, band, (v0, v1) = plan.fascial
                 fsel = (
                     (region == r)
                     & (a["fascia_depth"] > -0.5)
@@ -262,10 +295,10 @@ class CaseRenderer:
                 )
                 fsel[fsel] = _arc(a["theta"][fsel], centre, hw)
                 wband = np.clip((band - a["fascia_depth"][fsel]) / 1.0, 0, 1)
-                st[fsel] = st[fsel] + (val - st[fsel]) * wband
-                t1[fsel] = t1[fsel] + (1.0 - t1[fsel]) * wband
+                st[fsel] = st[fsel] + (v1 - st[fsel]) * wband
+                t1[fsel] = t1[fsel] + (v0 - t1[fsel]) * wband
             if plan.subcut is not None:
-                centre, hw, v1, v2 = plan.subcut
+                centre, hw, (v1, v2) = plan.subcut
                 ssel = (region == r) & (tissue == Tissue.FAT)
                 ssel[ssel] = _arc(a["theta"][ssel], centre, hw)
                 if ssel.any():
@@ -273,7 +306,7 @@ class CaseRenderer:
                     wnet = np.clip((0.45 - net) / 0.2, 0, 1)
                     t1[ssel] = t1[ssel] + (v1 - t1[ssel]) * wnet
                     st[ssel] = st[ssel] + (v2 - st[ssel]) * wnet
-        out = {"t1": t1, "stir": st, "edema": edema, "fat": fat}
+        out = {"c0": t1, "c1": st, "edema": edema, "fat": fat}
         for k in ("tissue", "region", "side", "compartment", "muscle"):
             out[k] = a[k]
         return out
