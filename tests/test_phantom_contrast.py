@@ -89,18 +89,18 @@ def _muscle(lab):
 
 
 def test_an_override_changes_the_rendered_ratio(tmp_path):
-    kw = dict(subjects=2, preset="tiny", seed=2, workers=1, acquisition=NO_OWN_STIR_GRID)
+    kw = {"subjects": 2, "preset": "tiny", "seed": 2, "workers": 1, "acquisition": NO_OWN_STIR_GRID}
     base = generate_cohort(tmp_path / "base", **kw)
     bright = generate_cohort(tmp_path / "bright", **kw, contrast={"fat": {"t1": [5.0, 5.0]}})
-    subcut = lambda lab, ed: (lab == 13) | (lab == 14)  # noqa: E731
-    plain_muscle = lambda lab, ed: _muscle(lab) & ~ed  # noqa: E731
+    subcut = lambda lab, ed: (lab == 13) | (lab == 14)
+    plain_muscle = lambda lab, ed: _muscle(lab) & ~ed
     r0 = _median_ratio(base, subcut, plain_muscle, 0)
     r1 = _median_ratio(bright, subcut, plain_muscle, 0)
     assert 2.3 < r0 < 3.6 and r1 > 1.3 * r0, (r0, r1)
     # edema on STIR: both intensities pushed to 3.5 brighten the edematous muscle
     loud = generate_cohort(tmp_path / "loud", **kw, contrast={
         "mild_edema": {"stir": [3.5, 3.5]}, "moderate_edema": {"stir": [3.5, 3.5]}})
-    edematous = lambda lab, ed: _muscle(lab) & ed  # noqa: E731
+    edematous = lambda lab, ed: _muscle(lab) & ed
     e0 = _median_ratio(base, edematous, plain_muscle, 1)
     e1 = _median_ratio(loud, edematous, plain_muscle, 1)
     assert e1 > e0 + 0.5, (e0, e1)
@@ -123,7 +123,7 @@ def test_contrast_overrides_parse_from_the_command_line(tmp_path):
 @pytest.fixture(scope="module")
 def dixon_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("dixon")
-    kw = dict(subjects=2, preset="tiny", seed=7, workers=1)
+    kw = {"subjects": 2, "preset": "tiny", "seed": 7, "workers": 1}
     return generate_cohort(root / "ts", **kw), generate_cohort(root / "dx", **kw, sequence="dixon")
 
 
