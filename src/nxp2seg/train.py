@@ -313,6 +313,7 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
         laterality_channel=len(prep.channels) if prep.laterality else None,
         lr_axis=orientation_lr_axis(prep.orientation),
         side_lut=[int(v) for v in side_lut(datamodule.schema)],
+        unannotated_labels=datamodule.cohort.dataset.unannotated_values(),
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))

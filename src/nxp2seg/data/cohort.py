@@ -86,6 +86,8 @@ class DatasetDescription:
         grade_scale: edema grade scale (``beltrame6`` by default).
         channel_names: ``{"0": "T1", "1": "STIR"}`` or, Dixon, ``{"0": "FAT", "1": "WATER"}``.
         raters: rater ids the tables may use; ``None`` = not declared (not checked).
+        annotated: the label names the masks delineate (partial labels); the others
+            are unknown in them, not background. ``None``: every label.
         num_training: number of cases in ``imagesTr``.
         name, description: free text.
         extra: any other keys, kept on round trip.
@@ -95,6 +97,7 @@ class DatasetDescription:
     grade_scale: GradeScale = field(default_factory=lambda: get_grade_scale("beltrame6"))
     channel_names: dict[str, str] = field(default_factory=lambda: dict(CHANNELS))
     raters: list[str] | None = None
+    annotated: list[str] | None = None
     num_training: int = 0
     file_ending: str = ".nii.gz"
     name: str = "nxp2seg cohort"
@@ -112,6 +115,7 @@ class DatasetDescription:
         "grade_scale",
         "numTraining",
         "raters",
+        "annotated",
     }
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +130,8 @@ class DatasetDescription:
         }
         if self.raters is not None:
             d["raters"] = list(self.raters)
+        if self.annotated is not None:
+            d["annotated"] = list(self.annotated)
         d.update(self.extra)
         return d
 
@@ -157,8 +163,10 @@ class DatasetDescription:
         num_training = d.get("numTraining", 0)
         if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
             raise SchemaError(f"dataset.json numTraining must be a whole number of cases, not {num_training!r}")
+        schema = LabelSchema.from_dataset_json(d)
         return cls(
-            schema=LabelSchema.from_dataset_json(d),
+            schema=schema,
+            annotated=_check_annotated(d.get("annotated"), schema),
             grade_scale=get_grade_scale(grade_scale),
             channel_names=channel_names,
             raters=[str(r).strip() for r in raters] if raters is not None else None,
@@ -168,6 +176,13 @@ class DatasetDescription:
             description=str(d.get("description", "")),
             extra={k: v for k, v in d.items() if k not in cls._KNOWN},
         )
+
+    def unannotated_values(self) -> list[int]:
+        """Label values the masks do not delineate (``[]`` when every label is annotated)."""
+        if self.annotated is None:
+            return []
+        keep = set(self.annotated) | {"background"}
+        return sorted(v for n, v in self.schema.labels.items() if n not in keep)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DatasetDescription":
@@ -186,6 +201,20 @@ class DatasetDescription:
 
     def save(self, path: str | os.PathLike) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check_annotated(annotated: Any, schema: LabelSchema) -> list[str] | None:
+    """A ``dataset.json`` ``annotated`` list, checked against the schema's labels."""
+    if annotated is None:
+        return None
+    if not isinstance(annotated, list) or not all(isinstance(a, str) for a in annotated):
+        raise SchemaError(f"dataset.json 'annotated' must be a list of label names, not {annotated!r}")
+    unknown = [n for n in annotated if n not in schema.labels]
+    if unknown:
+        raise SchemaError(f"dataset.json 'annotated' names labels the schema does not define: {unknown}")
+    if "background" in annotated:
+        raise SchemaError("dataset.json 'annotated': leave 'background' out (it is always annotated)")
+    return list(annotated)
 
 
 def read_table(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:

@@ -260,7 +260,7 @@ def convert(spec: str | Path, **overrides: Any) -> Path:
         schema=schema, grade_scale=grade_scale,
         channel_names=dict(DIXON_CHANNELS if sequence == "dixon" else CHANNELS),
         name=opts.name, description=f"converted by nxp2seg.data.convert from {Path(spec).name}",
-        extra={"annotated": annotated} if annotated is not None else {},
+        annotated=annotated,
     )
     writer = CohortWriter(tmp, dataset, overwrite=True)
     for ex in exams:

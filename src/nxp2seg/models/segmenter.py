@@ -8,6 +8,11 @@ Cases without a label map: a batch may carry ``has_label`` ``(B,)``; samples
 with ``has_label == 0`` (graded cases with an empty stand-in label) are left
 out of the segmentation loss and of the segmentation metrics.
 
+Partial labels: with ``unannotated_labels`` (the cohort's ``dataset.json``
+``annotated`` list leaves them out) the loss merges those labels' probability
+into the background's (:func:`~nxp2seg.models.partial_labels.merge_unannotated`)
+and the metrics skip the regions made only of them.
+
 Station masking: every batch carries ``allowed_labels`` ``(B, C)``, the label
 values the case's station may hold (from ``cases.csv``). Logits of the other
 values are pushed to :data:`MASKED_LOGIT` before softmax and argmax, in training
@@ -32,6 +37,7 @@ from nxp2seg.argmax import channel_argmax
 from nxp2seg.config_utils import packaged_defaults
 from nxp2seg.config_utils import to_plain as _plain
 from nxp2seg.data.intensity import WINDOW_BODY, body_mask
+from nxp2seg.models.partial_labels import merge_unannotated
 from nxp2seg.stats.segmentation import lr_swaps
 
 __all__ = ["MASKED_LOGIT", "SegmentationScores", "Segmenter", "body_box", "mask_logits", "network_logits"]
@@ -157,6 +163,8 @@ class Segmenter(pl.LightningModule):
         side_lut: side code of every label value (1 right, 2 left, 0 none;
             :func:`nxp2seg.data.sides.side_lut`) for counting right/left swaps
             (``lr_swaps``); ``None`` counts none.
+        unannotated_labels: label values the training masks do not delineate
+            (unknown, not background; see the module docstring).
     """
 
     #: ``__init__`` arguments kept out of the saved hyperparameters (modules, factories).
@@ -180,6 +188,7 @@ class Segmenter(pl.LightningModule):
         laterality_channel: int | None = None,
         lr_axis: int = 0,
         side_lut: Sequence[int] | None = None,
+        unannotated_labels: Sequence[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=list(self._hparams_ignore), logger=False)
@@ -200,6 +209,10 @@ class Segmenter(pl.LightningModule):
         self._region_lut: torch.Tensor | None = None
         self._scores = SegmentationScores()
         self._dice_metric = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=True)
+        self.unannotated = [int(v) for v in (unannotated_labels or [])]
+        self._unscored = [  # regions made only of unannotated labels: no Dice, no HD
+            r for r, vals in enumerate(self.region_labels.values()) if vals and set(vals) <= set(self.unannotated)
+        ]
 
     # -- model ---------------------------------------------------------------------
     def forward(
@@ -215,6 +228,8 @@ class Segmenter(pl.LightningModule):
 
     def compute_loss(self, outputs: Mapping[str, Any], label: torch.Tensor) -> torch.Tensor:
         heads = [outputs["logits"], *outputs.get("deep_logits", [])]
+        if self.unannotated:
+            heads = [merge_unannotated(h, self.unannotated) for h in heads]
         weights = [self.hparams.deep_supervision_decay**i for i in range(len(heads))]
         total = sum(w * self.loss(h, label) for w, h in zip(weights, heads))
         return total / sum(weights)
@@ -373,6 +388,8 @@ class Segmenter(pl.LightningModule):
             diag = math.sqrt(sum((n * s) ** 2 for n, s in zip(g.shape[2:], spacing)))
             hd = torch.where(torch.isinf(hd), torch.full_like(hd, diag), hd)
         swaps = self._count_lr_swaps(pred, label).to(dice)
+        dice[:, self._unscored] = float("nan")
+        hd[:, self._unscored] = float("nan")
         self._scores.extend(dice, hd, swaps)
 
     def _count_lr_swaps(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
