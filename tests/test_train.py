@@ -37,10 +37,12 @@ def test_composed_config_writes_only_under_tmp(cfg_train, tmp_path):
 @pytest.mark.parametrize("model", ["dynunet", "unet"])
 @pytest.mark.parametrize("smoke", [False, True])
 def test_model_options_instantiate(train_overrides, model, smoke):
+    from nxp2seg.models.finetune import pop_init_from
     from nxp2seg.models.segmenter import Segmenter
 
     keep = [o for o in train_overrides if smoke or not o.startswith("experiment=")]
     cfg = compose_train([*keep, f"model={model}"])
+    assert pop_init_from(cfg) is None  # model.init_from is train()'s, not the module's
     net = instantiate(cfg.model.net)(
         in_channels=2, out_channels=16, spacing=[2.5, 2.5, 6.0], patch_size=[32, 32, 8]
     )

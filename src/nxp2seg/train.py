@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis, side_lut
 
@@ -275,13 +275,29 @@ def setup_run(cfg: DictConfig) -> Path:
     return output_dir
 
 
-def setup_data(cfg: DictConfig) -> Any:
+def fine_tune_start(cfg: DictConfig) -> Any:
+    """``model.init_from``: the bundle to start from (:class:`~nxp2seg.models.finetune.FineTuneStart`),
+    or ``None``; the path stays in the config the bundle records (``init_from``)."""
+    from nxp2seg.models.finetune import FineTuneStart, pop_init_from
+
+    init_from = pop_init_from(cfg)
+    if init_from is None:
+        return None
+    with open_dict(cfg):
+        cfg.init_from = init_from
+    return FineTuneStart.load(init_from)
+
+
+def setup_data(cfg: DictConfig, start: Any = None) -> Any:
     """The data module of ``cfg.data``: cohort prepared (the phantom generated once), split by
-    subject, preprocessing planned. The segmenter's loaders carry no grades (the grader learns
-    from the cohort after the fit, :func:`fit_grading_head`)."""
+    subject, preprocessing planned (fine-tuning: the ``start`` bundle's preprocessing). The
+    segmenter's loaders carry no grades (the grader learns from the cohort after the fit,
+    :func:`fit_grading_head`)."""
     log.info("data <%s>", cfg.data._target_)
     data_kwargs = {} if cfg.data.get("grading") is not None else {"grading": False}
     datamodule = hydra.utils.instantiate(cfg.data, **data_kwargs)
+    if start is not None:  # the bundle's preprocessing, not a new plan
+        datamodule.use_preprocessing(start.preprocessing)
     datamodule.prepare_data()
     datamodule.setup("fit")
     prep = datamodule.preprocessing
@@ -290,18 +306,26 @@ def setup_data(cfg: DictConfig) -> Any:
     return datamodule
 
 
-def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
+def fit_segmenter(cfg: DictConfig, datamodule: Any, start: Any = None) -> SegmenterFit:
     """Fit the segmenter of ``cfg.model`` on ``datamodule`` and score its best weights.
 
-    Builds the network for the planned preprocessing, the module, callbacks,
+    Builds the network for the planned preprocessing (fine-tuning: the ``start``
+    bundle's network, :mod:`nxp2seg.models.finetune`), the module, callbacks,
     loggers and trainer; fits (resuming from ``cfg.ckpt_path`` restores
     optimizer, scheduler and loop state); loads the best checkpoint's weights;
     validates them (``validate_best``) and scores the held-out test subjects (``test``).
+    Without validation cases the fixed schedule runs and the last weights are kept.
     """
     import pytorch_lightning as pl
 
+    from nxp2seg.models.finetune import without_val_monitors
+
     prep = datamodule.preprocessing
-    net, net_spec = build_network(cfg, datamodule)
+    if start is not None:
+        start.check_cohort(datamodule.cohort.dataset, str(datamodule.cohort.root))
+        net, net_spec = start.build_network(datamodule.num_classes, datamodule.schema)
+    else:
+        net, net_spec = build_network(cfg, datamodule)
     model = hydra.utils.instantiate(
         cfg.model,
         net=net,
@@ -317,7 +341,12 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
     )
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    no_val: dict[str, Any] = {}
+    if not datamodule.splits["val"]:  # the fixed schedule; the last weights are the model
+        callbacks = without_val_monitors(callbacks)
+        no_val = {"limit_val_batches": 0, "num_sanity_val_steps": 0}
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                  **no_val)
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "preprocessing": prep.to_dict()})
     trainer.fit(
@@ -327,8 +356,8 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
         weights_only=True,  # checkpoints hold tensors and plain values only: never unpickle code
     )
     metrics = _floats(dict(trainer.callback_metrics))
-    validation, best_is_last = _load_best(trainer, model)
-    if cfg.get("validate_best", True) and not trainer.fast_dev_run and not best_is_last(metrics):
+    validation, best_is_last = _load_best(trainer, model, use_best=not no_val)
+    if cfg.get("validate_best", True) and not trainer.fast_dev_run and not best_is_last(metrics) and not no_val:
         metrics.update(_floats(trainer.validate(model=model, datamodule=datamodule, verbose=False)[0]))
     validation["val"] = summarize_metrics(metrics, "val")
     if cfg.get("test", True) and datamodule.has_test_cases() and not trainer.fast_dev_run:
@@ -338,13 +367,14 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any) -> SegmenterFit:
     return SegmenterFit(model, net_spec, trainer, callbacks, loggers, metrics, validation)
 
 
-def _load_best(trainer: Any, model: Any) -> tuple[dict[str, Any], Any]:
-    """Load the best checkpoint's weights into ``model``; the validation record and a test of
-    whether the best epoch is the last one (then validating again would repeat it)."""
+def _load_best(trainer: Any, model: Any, use_best: bool = True) -> tuple[dict[str, Any], Any]:
+    """Load the best checkpoint's weights into ``model`` (``use_best``; else the last weights
+    stay); the validation record and a test of whether the best epoch is the last one (then
+    validating again would repeat it)."""
     import torch
 
     ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None and use_best else ""
     score = getattr(ckpt_cb, "best_model_score", None) if best else None
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
@@ -436,8 +466,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         segmenter).
     """
     output_dir = setup_run(cfg)
-    datamodule = setup_data(cfg)
-    fit = fit_segmenter(cfg, datamodule)
+    start = fine_tune_start(cfg)
+    datamodule = setup_data(cfg, start)
+    fit = fit_segmenter(cfg, datamodule, start)
     grading = fit_grading_head(cfg, datamodule, fit)
     bundle_dir = Path(cfg.get("bundle_dir") or output_dir / "bundle")
     if fit.trainer.is_global_zero:

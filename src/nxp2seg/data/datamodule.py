@@ -151,6 +151,13 @@ class CohortDataModule(pl.LightningDataModule):
         self.hidden_masks: set[str] = set()
         self._datasets: dict[str, Any] = {}
 
+    def use_preprocessing(self, prep: Preprocessing) -> None:
+        """See the data as a trained model did (fine-tuning): ``prep`` instead of a new plan.
+        Call before :meth:`setup`."""
+        if self.preprocessing is not None:
+            raise RuntimeError("use_preprocessing() must come before setup()")
+        self._fixed_prep = prep
+
     # -- cohort ----------------------------------------------------------------
     def prepare_data(self) -> None:
         """Prepare the cohort source (generate the phantom into its cache folder) if it is missing.
@@ -254,9 +261,10 @@ class CohortDataModule(pl.LightningDataModule):
                 f"{cohort.root}: no labelled training case outside the test split; add label maps to labelsTr/"
             )
         if not self.splits["val"]:
-            raise ValueError(
-                f"{cohort.root}: no validation subject; the segmenter needs at least two labelled training "
-                "subjects (or split=val rows in cases.csv)"
+            log.warning(
+                "%s: no validation subject: training runs the fixed schedule and keeps the last "
+                "weights (mark split=val rows in cases.csv to validate and keep the best)",
+                cohort.root,
             )
         if unlabelled and not self.grading:
             log.info(
@@ -286,7 +294,13 @@ class CohortDataModule(pl.LightningDataModule):
                 prep = dataclasses.replace(
                     prep, patch_size=tuple(canvas), canvas_size=tuple(canvas)
                 )
-            self.preprocessing = prep
+            self.preprocessing = dataclasses.replace(prep, channels=self._channels(cohort))
+
+    @staticmethod
+    def _channels(cohort: Cohort) -> tuple[str, ...]:
+        """The cohort's channel names in channel order (``T1, STIR`` or ``FAT, WATER``)."""
+        names = cohort.dataset.channel_names
+        return tuple(names[k] for k in sorted(names, key=int))
 
     def grade_targets(self) -> dict[str, dict[str, Any]]:
         """The readers' targets of every case (:func:`~nxp2seg.grading.tables.case_targets`), once."""

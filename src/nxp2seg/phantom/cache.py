@@ -10,6 +10,8 @@ wires it in.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -17,17 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nxp2seg.config_utils import to_plain
 from nxp2seg.phantom.generate import generate_cohort
 
 __all__ = ["PhantomCohort", "phantom_cohort_dir"]
 
 
-def phantom_cohort_dir(cache_dir: str | os.PathLike, preset: str, subjects: int, seed: int) -> Path:
-    """Folder of the cached phantom cohort, e.g. ``~/.cache/nxp2seg/phantom-small-n48-seed0``."""
-    return (
-        Path(os.path.expanduser(str(cache_dir)))
-        / f"phantom-{preset}-n{int(subjects)}-seed{int(seed)}"
-    )
+def phantom_cohort_dir(
+    cache_dir: str | os.PathLike, preset: str, subjects: int, seed: int, overrides: Mapping[str, Any] | None = None
+) -> Path:
+    """Folder of the cached phantom cohort, e.g. ``~/.cache/nxp2seg/phantom-small-n48-seed0``;
+    with generator overrides (e.g. ``sequence: dixon``) a digest of them is appended, so a
+    cached cohort is reused only for the same overrides."""
+    name = f"phantom-{preset}-n{int(subjects)}-seed{int(seed)}"
+    if overrides:
+        plain = json.dumps(to_plain(overrides), sort_keys=True, default=str)
+        name += f"-{hashlib.sha256(plain.encode()).hexdigest()[:10]}"
+    return Path(os.path.expanduser(str(cache_dir))) / name
 
 
 @dataclass
@@ -40,8 +48,8 @@ class PhantomCohort:
         seed: the generator's seed.
         cache_dir: the cache folder the cohort folder lives in.
         overrides: nested :class:`~nxp2seg.phantom.config.PhantomConfig` overrides
-            passed to :func:`~nxp2seg.phantom.generate.generate_cohort`. They do not
-            enter the folder name: clear the cache after changing them.
+            passed to :func:`~nxp2seg.phantom.generate.generate_cohort`; a digest of
+            them ends the folder name (none: the name of before).
     """
 
     preset: str = "small"
@@ -52,7 +60,7 @@ class PhantomCohort:
 
     @property
     def cohort_dir(self) -> Path:
-        return phantom_cohort_dir(self.cache_dir, self.preset, self.subjects, self.seed)
+        return phantom_cohort_dir(self.cache_dir, self.preset, self.subjects, self.seed, self.overrides)
 
     def describe(self) -> dict[str, Any]:
         """Plain values for logs and the bundle."""
