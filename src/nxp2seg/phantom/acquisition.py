@@ -97,13 +97,17 @@ def _mode_blocks(lab: np.ndarray, blocks: tuple[int, int, int]) -> np.ndarray:
     return best
 
 
-def render_grid(grid: Grid, fn, fields: dict, supersample: tuple[int, int, int], labels=()) -> dict[str, np.ndarray]:
+def render_grid(
+    grid: Grid, fn, fields: dict, supersample: tuple[int, int, int], labels=(), slab: float = 1.0
+) -> dict[str, np.ndarray]:
     """Render ``fn`` (world x, y, z arrays -> dict of arrays) onto ``grid``.
 
     Args:
         fields: ``{name: dtype}`` of outputs to average over sub-samples.
         supersample: sub-samples per voxel along (i, j, k).
         labels: output names to reduce by the block mode instead.
+        slab: share of the slice spacing the slice covers (its thickness over its
+            spacing: 1 = contiguous slices; 0.3 = a 7 mm slice every 24 mm).
 
     Returns:
         ``{name: (i, j, k) array}`` plus ``_counts``: callers accumulate
@@ -119,7 +123,7 @@ def render_grid(grid: Grid, fn, fields: dict, supersample: tuple[int, int, int],
     I = ii[:, None, None]
     J = jj[None, :, None]
     for k in range(nk):
-        kk = k + (np.arange(t) + 0.5) / t - 0.5
+        kk = k + ((np.arange(t) + 0.5) / t - 0.5) * slab
         x, y, z = grid.world(I, J, kk[None, None, :])
         shape = (ni * s1, nj * s2, t)
         x, y, z = (np.broadcast_to(c, shape).astype(np.float64) for c in (x, y, z))

@@ -18,6 +18,7 @@ to the nearest compartment boundary (for fascial edema and peripheral fat).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Tissue:
     CORTEX = 6
     MARROW = 7
     VESSEL = 8
+    FLUID = 9  # bladder (pelvic slices only)
+    N = 10  # number of classes (contrast tables have this many entries)
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -394,11 +397,13 @@ class StationAnatomy:
     z_top: float
     length: float
     displacement: tuple | None = None  # three SmoothField callables (mm), or None
+    pelvis: Any = None  # a PelvisParams: the slab continues above z_top through the pelvis
+    absent: str | None = None  # a leg not in the field of view ("right" | "left"): air there
 
-    def half_extent(self, centre: tuple[float, float]) -> tuple[float, float]:
-        """Half the width (x) and depth (y) of the legs' bounding box about ``centre``, mm."""
+    def half_extent(self, centre: tuple[float, float], sides=SIDES) -> tuple[float, float]:
+        """Half the width (x) and depth (y) of the bounding box of the legs ``sides`` about ``centre``, mm."""
         xs, ys = [], []
-        for side, p in self.legs.items():
+        for side, p in ((s, self.legs[s]) for s in sides):
             cx, cy = self.centres[side]
             r = max(p.a, p.b) * 1.1 + p.fat * 1.5 + p.skin
             xs += [abs(cx - centre[0]) + r]
@@ -426,9 +431,12 @@ class StationAnatomy:
             "boundary": np.zeros(shape, np.float32),
             "theta": np.zeros(shape, np.float32),
             "side": np.full(shape, -1, np.int8),
+            "deep_fat": np.zeros(shape, bool),
         }
         mid = 0.5 * (self.centres["right"][0] + self.centres["left"][0])
         for side_idx, side in enumerate(SIDES):
+            if side == self.absent:
+                continue
             cx, cy = self.centres[side]
             rb = self.bound_radius(side) + margin
             cand = ((x - cx) ** 2 + (y - cy) ** 2 < rb * rb) & ((x >= mid) if side == "right" else (x < mid))
@@ -446,9 +454,26 @@ class StationAnatomy:
             for k, val in res.items():
                 out[k][cand] = val
             out["side"][cand] = np.where(res["tissue"] == Tissue.AIR, -1, side_idx)
+        if self.pelvis is not None:
+            self._evaluate_pelvis(x, y, z, mid, out)
         comp = out["compartment"]
         out["region"] = np.where(comp >= 0, out["side"] * 3 + comp, -1).astype(np.int8)
         return out
+
+    def _evaluate_pelvis(self, x, y, z, mid: float, out: dict[str, np.ndarray]) -> None:
+        """Points above the thigh slab (z > z_top) are the pelvis's (:mod:`nxp2seg.phantom.pelvis`)."""
+        from nxp2seg.phantom.pelvis import evaluate_pelvis
+
+        sel = np.asarray(z) > self.z_top
+        if not sel.any():
+            return
+        res = evaluate_pelvis(self.pelvis, x[sel], y[sel], z[sel] - self.z_top)
+        for k, fill in (("compartment", -1), ("muscle", -1), ("fascia_depth", -1e3), ("boundary", 0.0), ("theta", 0.0)):
+            out[k][sel] = fill
+        out["tissue"][sel] = res["tissue"]
+        out["deep_fat"][sel] = res["deep_fat"]
+        side = np.where(x[sel] >= mid, 0, 1).astype(np.int8)
+        out["side"][sel] = np.where(res["tissue"] == Tissue.AIR, -1, side)
 
 
 def muscle_label_table(station: str, schema_labels: dict[str, int]) -> np.ndarray:

@@ -34,6 +34,12 @@ class AcquisitionConfig:
     min_spacing_thigh: float = 2.2  # mm; the field of view grows with the legs beyond this
     min_spacing_calf: float = 1.6
     slice_thickness: tuple[float, float] = (5.0, 8.0)
+    slice_spacing: tuple[float, float] | None = None  # mm between slices; None = contiguous (= thickness)
+    slice_count: tuple[int, int] | None = None  # slices per case drawn in [lo, hi]; None = `slices`
+    pelvis_slices: tuple[int, int] = (0, 0)  # thigh: proximal slices through the pelvis, drawn in [lo, hi]
+    leg_gap_thigh: tuple[float, float] = (4.0, 30.0)  # mm between the legs' skins; <= 0: legs touching
+    leg_gap_calf: tuple[float, float] = (15.0, 50.0)
+    one_leg_probability: float = 0.0  # the field of view holds one leg only
     fov_margin: tuple[float, float] = (1.08, 1.25)
     supersample: int = 2  # in-plane sub-samples per voxel and axis (partial volume)
     subslices: int = 2  # through-plane sub-samples per slice
@@ -90,6 +96,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the default demo: ~160x112x16 at ~2.5 mm in-plane
     "small": {},
+    # real thigh stacks (docs/realdata.md): 512x512, 10-16 slices 20-26 mm apart, legs
+    # touching, proximal slices through the pelvis, now and then one leg only
+    "real": {
+        "matrix": (512, 512),
+        "slices": 16,
+        "slice_count": (10, 16),
+        "slice_thickness": (6.0, 10.0),
+        "slice_spacing": (20.0, 26.0),
+        "pelvis_slices": (1, 3),
+        "leg_gap_thigh": (-12.0, 8.0),
+        "one_leg_probability": 0.05,
+        "min_spacing_thigh": 0.7,
+        "min_spacing_calf": 0.5,
+        "supersample": 2,
+        "subslices": 2,
+        "stir_coarse_probability": 0.0,
+        "stir_shift_probability": 0.0,
+    },
     # realistic: ~384x288x24 at ~1.0-1.3 mm in-plane
     "full": {
         "matrix": (384, 288),

@@ -57,7 +57,8 @@ class ContrastConfig:
     ``septa`` covers the deep fascia and the intermuscular septa between
     compartments; ``muscle_septa`` the thin lines between muscles of one
     compartment; ``intramuscular_fat`` the adipose tissue of fatty
-    infiltration (a voxel with fat fraction f mixes muscle and this by f).
+    infiltration (a voxel with fat fraction f mixes muscle and this by f); ``fluid``
+    the bladder of pelvic slices (drawn only for cases that have them).
     Edema, subcutaneous and fascial edema give the level the affected tissue
     moves towards.
     """
@@ -75,6 +76,7 @@ class ContrastConfig:
     subcutaneous_edema: ChannelRanges = _t((2.0, 2.4), (1.6, 2.5), (0.6, 0.9), (0.4, 0.9))
     fascial_edema: ChannelRanges = _t((1.0, 1.0), (2.0, 3.0), (0.05, 0.15), (1.3, 1.8))
     intramuscular_fat: ChannelRanges = _t((3.2, 3.2), (0.2, 0.2), (0.85, 1.3), (0.03, 0.1))
+    fluid: ChannelRanges = _t((0.3, 0.6), (2.5, 3.5), (0.0, 0.03), (1.5, 2.5))
 
     def tissues(self) -> list[str]:
         return [f.name for f in fields(self)]

@@ -37,6 +37,7 @@ from nxp2seg.phantom.config import PhantomConfig, make_config
 from nxp2seg.phantom.disease import SubjectTruth, sample_subjects, truth_tables
 from nxp2seg.phantom.fields import SmoothField
 from nxp2seg.phantom.muscles import muscle_truth_table, sample_subjects_by_muscle
+from nxp2seg.phantom.pelvis import sample_pelvis
 from nxp2seg.phantom.readers import simulate_readers
 from nxp2seg.phantom.render import CaseRenderer, sample_contrast
 
@@ -83,19 +84,34 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     truth = subject.stations[station]
     hab = _habitus(subject, rng)
     legs = {side: sample_leg_params(station, rng, hab) for side in SIDES}
-    # slab and leg placement (world RAS+: patient's right at +x)
+    # slab and leg placement (world RAS+: patient's right at +x); every draw beyond the
+    # default geometry's happens only when its option is set, so default cohorts keep their bytes
     thickness = rng.uniform(*acq.slice_thickness)
-    length = thickness * acq.slices
-    gap = rng.uniform(4, 30) if station == "thigh" else rng.uniform(15, 50)
+    step = rng.uniform(*acq.slice_spacing) if acq.slice_spacing else thickness  # between slice centres
+    n_slices = int(rng.integers(acq.slice_count[0], acq.slice_count[1] + 1)) if acq.slice_count else acq.slices
+    n_pelvis = 0
+    if station == "thigh" and acq.pelvis_slices[1] > 0:
+        n_pelvis = min(int(rng.integers(acq.pelvis_slices[0], acq.pelvis_slices[1] + 1)), n_slices - 2)
+    length = step * (n_slices - n_pelvis) if (acq.slice_spacing or acq.slice_count or n_pelvis) else thickness * acq.slices
+    gap = rng.uniform(*(acq.leg_gap_thigh if station == "thigh" else acq.leg_gap_calf))
     table = np.array([rng.normal(0, 5), rng.normal(0, 5), rng.uniform(-40, 40)])
     centres = {}
     for side, sgn in (("right", 1.0), ("left", -1.0)):
         p = legs[side]
         half = p.a + p.fat + p.skin
         centres[side] = (float(table[0] + sgn * (half + gap / 2)), float(table[1] + rng.uniform(-4, 4)))
-    anatomy = StationAnatomy(station, legs, centres, z_top=float(table[2] + length / 2), length=float(length))
+    z_top = float(table[2] + n_slices * step / 2 - n_pelvis * step) if n_pelvis else float(table[2] + length / 2)
+    anatomy = StationAnatomy(station, legs, centres, z_top=z_top, length=float(length))
+    if n_pelvis:
+        anatomy.pelvis = sample_pelvis(rng, centres, legs)
+    one_leg = None
+    if acq.one_leg_probability > 0 and rng.random() < acq.one_leg_probability:
+        one_leg = str(rng.choice(SIDES))  # only this leg is in the field of view (centred, sized for it)
+        table[:2] = centres[one_leg]
+        anatomy.absent = SIDES[1 - SIDES.index(one_leg)]
+        anatomy.pelvis = None
     # field of view and grids
-    hx, hy = anatomy.half_extent((table[0], table[1]))
+    hx, hy = anatomy.half_extent((table[0], table[1]), sides=(one_leg,) if one_leg else SIDES)
     ni, nj = acq.matrix
     min_sp = acq.min_spacing_thigh if station == "thigh" else acq.min_spacing_calf
     pad = 5.0 + acq.positioning_mm
@@ -109,7 +125,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     if rng.random() < acq.oblique_probability:
         oblique = float(rng.uniform(1.0, acq.oblique_max_deg))
         rot = rotation_matrix(rng.normal(size=3), np.deg2rad(oblique))
-    t1_grid = make_grid(centre, (ni, nj, acq.slices), (spacing, spacing, thickness), axcodes, rot)
+    t1_grid = make_grid(centre, (ni, nj, n_slices), (spacing, spacing, step), axcodes, rot)
     stir_sp, stir_shape, stir_centre, stir_ax = spacing, (ni, nj), centre.copy(), axcodes
     coarse = rng.random() < acq.stir_coarse_probability
     if coarse:
@@ -121,7 +137,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         stir_centre[:2] += rng.uniform(-1, 1, 2) * acq.stir_shift_mm
     if rng.random() < acq.stir_own_axcodes_probability:
         stir_ax = "RAS" if axcodes == "LPS" else "LPS"
-    stir_grid = make_grid(stir_centre, (*stir_shape, acq.slices), (stir_sp, stir_sp, thickness), stir_ax, rot)
+    stir_grid = make_grid(stir_centre, (*stir_shape, n_slices), (stir_sp, stir_sp, step), stir_ax, rot)
     same_grid = stir_grid.shape == t1_grid.shape and np.allclose(stir_grid.affine, t1_grid.affine)
     corners = np.concatenate([t1_grid.corners(), stir_grid.corners()], axis=1)
     box = (corners.min(axis=1) - 10, corners.max(axis=1) + 10)
@@ -136,7 +152,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     if dixon:  # the T1/STIR draws still come off the case's stream, so what follows stays the same
         sample_contrast(rng, cfg.contrast, "t1_stir")
         crng = _contrast_rng(cfg.seed, subject_index, station)
-    contrast = sample_contrast(crng, cfg.contrast, cfg.sequence)
+    contrast = sample_contrast(crng, cfg.contrast, cfg.sequence, with_fluid=bool(n_pelvis))
     regions = [truth.regions[name] for name in _station_regions(station)]
     probe = _probe_points(t1_grid, max(1, acq.supersample // 2))
     renderer = CaseRenderer(anatomy, regions, contrast, box, probe, rng, contrast_rng=crng)
@@ -158,7 +174,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         inside = (region >= 0) & (res["muscle"] >= 0)
         lc = np.zeros(x.shape, np.uint8)
         lm = np.zeros(x.shape, np.uint8)
-        outer = (tissue == Tissue.SKIN) | (tissue == Tissue.FAT) | ((tissue == Tissue.VESSEL) & ~inside)
+        outer = ((tissue == Tissue.SKIN) | (tissue == Tissue.FAT) | ((tissue == Tissue.VESSEL) & ~inside)) & ~res["deep_fat"]
         lc[outer] = subcut[side[outer]]
         lm[outer] = subcut_m[side[outer]]
         lc[inside] = region_values[region[inside]]
@@ -167,7 +183,7 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         lc[bone] = bone_c
         lm[bone] = bone_m
         res["label_c"], res["label_m"] = lc, lm
-        mus = tissue == Tissue.MUSCLE
+        mus = (tissue == Tissue.MUSCLE) & (region >= 0)  # graded muscle (not the pelvis's)
         r = region[mus]
         stats[:, 0] += np.bincount(r, minlength=6)[:6]
         stats[:, 1] += np.bincount(r, weights=res["edema"][mus] > 0.5, minlength=6)[:6]
@@ -181,11 +197,12 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
     fields = {"c0": np.float32, "edema": np.float32, "fat": np.float32}
     if same_grid or dixon:
         fields["c1"] = np.float32
-    t1_out = render_grid(t1_grid, fn, fields, ss, labels=("label_c", "label_m"))
+    slab = min(thickness / step, 1.0)
+    t1_out = render_grid(t1_grid, fn, fields, ss, labels=("label_c", "label_m"), slab=slab)
     if same_grid or dixon:
         stir_sig = t1_out["c1"]
     else:
-        stir_sig = render_grid(stir_grid, lambda x, y, z: renderer.render(x, y, z), {"c1": np.float32}, ss)["c1"]
+        stir_sig = render_grid(stir_grid, lambda x, y, z: renderer.render(x, y, z), {"c1": np.float32}, ss, slab=slab)["c1"]
 
     bias = SmoothField(rng, *box, 120.0)
     fov_half = np.array([ni * spacing / 2, nj * spacing / 2])
@@ -235,6 +252,9 @@ def render_case(cfg: PhantomConfig, subject: SubjectTruth, subject_index: int, s
         "snr_t1": round(float(snrs[0]), 2),
         "snr_stir": round(float(snrs[1]), 2),
         "fat_mm": round(hab["fat"], 2),
+        **({"slice_spacing_mm": round(float(step), 4), "slices": n_slices} if acq.slice_spacing or acq.slice_count else {}),
+        **({"pelvis_slices": n_pelvis} if acq.pelvis_slices[1] > 0 else {}),
+        **({"one_leg": one_leg or ""} if acq.one_leg_probability > 0 else {}),
     }
     return CaseImages(
         case_id=truth.case_id,

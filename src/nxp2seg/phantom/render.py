@@ -40,8 +40,8 @@ class Contrast:
     """
 
     channels: tuple[str, str]
-    c0: np.ndarray  # (9,)
-    c1: np.ndarray  # (9,)
+    c0: np.ndarray  # (Tissue.N,)
+    c1: np.ndarray  # (Tissue.N,)
     muscle_septum: tuple[float, float]
     intramuscular_fat: tuple[float, float]
     table: ContrastConfig
@@ -51,12 +51,14 @@ class Contrast:
         return float(self.c0[Tissue.MUSCLE]), float(self.c1[Tissue.MUSCLE])
 
 
-def sample_contrast(rng: np.random.Generator, table: ContrastConfig | None = None, sequence: str = "t1_stir") -> Contrast:
+def sample_contrast(
+    rng: np.random.Generator, table: ContrastConfig | None = None, sequence: str = "t1_stir", with_fluid: bool = False
+) -> Contrast:
     """One case's tissue values, drawn from ``table`` in a fixed order (same table and stream, same values)."""
     table = ContrastConfig() if table is None else table
     channels = CHANNELS_BY_SEQUENCE[sequence]
-    c0 = np.zeros(9, np.float32)
-    c1 = np.zeros(9, np.float32)
+    c0 = np.zeros(Tissue.N, np.float32)
+    c1 = np.zeros(Tissue.N, np.float32)
     for tissue, name in (
         (Tissue.SKIN, "skin"),
         (Tissue.FAT, "fat"),
@@ -70,6 +72,8 @@ def sample_contrast(rng: np.random.Generator, table: ContrastConfig | None = Non
         c0[tissue], c1[tissue] = sample_tissue(rng, getattr(table, name), channels)
     septum = sample_tissue(rng, table.muscle_septa, channels)
     infiltration = sample_tissue(rng, table.intramuscular_fat, channels)
+    if with_fluid:  # drawn last, and only for cases with pelvic slices: the others keep their bytes
+        c0[Tissue.FLUID], c1[Tissue.FLUID] = sample_tissue(rng, table.fluid, channels)
     return Contrast(channels, c0, c1, septum, infiltration, table)
 
 
@@ -307,6 +311,6 @@ class CaseRenderer:
                     t1[ssel] = t1[ssel] + (v1 - t1[ssel]) * wnet
                     st[ssel] = st[ssel] + (v2 - st[ssel]) * wnet
         out = {"c0": t1, "c1": st, "edema": edema, "fat": fat}
-        for k in ("tissue", "region", "side", "compartment", "muscle"):
+        for k in ("tissue", "region", "side", "compartment", "muscle", "deep_fat"):
             out[k] = a[k]
         return out
