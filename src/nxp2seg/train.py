@@ -427,6 +427,7 @@ def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: 
                   bundle_dir: Path) -> Path:
     """Write the model bundle (the network, with the grader when there is one) and print its path
     and headline figures."""
+    from nxp2seg.data.signature import cohort_signature
     from nxp2seg.models.bundle import write_bundle
 
     exported = grading.graded if grading is not None else fit.model
@@ -439,6 +440,8 @@ def export_bundle(cfg: DictConfig, datamodule: Any, fit: SegmenterFit, grading: 
         validation=fit.validation,
         network=fit.net_spec,
         grader=grading.grader_spec if grading is not None else None,
+        # the out-of-distribution guard's reference: the training cases' image signature
+        signature=cohort_signature(datamodule.cohort, datamodule.splits["train"]),
     )
     print(f"nxp2seg: model bundle written to {bundle_dir.resolve()}")
     summary = {k: fit.validation.get(k, {}).get("dice_mean") for k in ("val", "test")}

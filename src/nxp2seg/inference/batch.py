@@ -16,7 +16,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +68,11 @@ class BatchSummary:
     seconds: float
     output: Path
     failures: list[tuple[str, str]]
+    warnings: dict[str, int] = field(default_factory=dict)  # code -> cases predicted with it
 
     def line(self) -> str:
-        return (f"{self.n_cases} cases: {self.ok} ok, {self.skipped} skipped (finished before), "
+        warned = "".join(f", {n} {code}" for code, n in sorted(self.warnings.items()))
+        return (f"{self.n_cases} cases: {self.ok} ok{warned}, {self.skipped} skipped (finished before), "
                 f"{self.failed} failed in {self.seconds:.1f} s; tables in {self.output}")
 
     @property
@@ -196,6 +198,8 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
         if qc:
             title = (f"{case.case_id} ({pred.station}{', inferred' if pred.station_source == 'inferred' else ''})"
                      f"  pattern {pred.case.get('pattern') or '-'}  score {pred.case.get('station_score')}")
+            if pred.case.get("warnings"):  # e.g. input_unlike_training: said on the picture itself
+                title += "  WARNING: " + ", ".join(pred.case["warnings"])
             written.append(d / "qc.png")
             write_qc(d / "qc.png", t1.get_fdata(dtype="float32"), pred.stir_native, pred.labels,
                      pred.edema, t1.affine, predictor.schema, title)
@@ -284,10 +288,14 @@ def run_batch(
         tables = write_tables(out, [c.case_id for c in cases], skipped={c.case_id for c in skipped})
         _keep_unsaved_errors(out, tables["cases"], reports)
     failures = [(cid, r.get("error", "")) for cid, r in reports.items() if r.get("status") == "failed"]
+    warnings: dict[str, int] = {}
+    for r in reports.values():
+        for code in r.get("warnings") or []:
+            warnings[code] = warnings.get(code, 0) + 1
     return BatchSummary(
         n_cases=len(cases), ok=sum(r.get("status") == "ok" for r in reports.values()),
         skipped=len(skipped), failed=len(failures), seconds=time.perf_counter() - t0,
-        output=out, failures=failures,
+        output=out, failures=failures, warnings=warnings,
     )
 
 

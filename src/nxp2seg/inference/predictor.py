@@ -276,6 +276,7 @@ class Predictor:
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
         regions, case_row = self._tables(case, station, source, labels, edema, voxel_ml, grades)
         case_row["station_warning"] = station_warning
+        self._exam_checks(case, station, labels, t1_native, stir_native, t1_img.affine, muscle, regions, case_row)
         t["postprocess"] = time.perf_counter() - t0
         geometry = {
             "t1": {**describe_geometry(t1_img), "source": case.source},
@@ -291,6 +292,46 @@ class Predictor:
             edema=edema, regions=regions, case=case_row, geometry=geometry, timings=t,
             notes=notes + list(case.notes),
         )
+
+    def _exam_checks(self, case: CaseInput, station: str, labels: np.ndarray, c0: np.ndarray, c1: np.ndarray,
+                     affine: np.ndarray, muscle: np.ndarray, rows: list[dict[str, Any]], case_row: dict[str, Any]) -> None:
+        """The out-of-distribution guard, one leg, Dixon fat fractions, edema the model never learnt
+        (:mod:`nxp2seg.inference.exam_checks`); adds to ``rows`` and ``case_row`` in place."""
+        from nxp2seg.inference import exam_checks as checks
+        from nxp2seg.inference.writers import add_warning
+
+        signature = self.bundle.signature
+        ood = checks.guard(signature, [c0, c1], muscle, affine, self.prep.channels)
+        case_row["ood_score"] = float("nan") if ood is None else round(ood["ood_score"], 4)
+        case_row["ood"] = ood
+        if ood is not None and ood["unlike_training"]:
+            add_warning(case_row, "input_unlike_training", (
+                f"{case.case_id}: the images are unlike the model's training images (ood_score "
+                f"{ood['ood_score']:.1f} > {signature['threshold']:g}, most of all in {ood['feature']}); "
+                f"its segmentation and grades may be wrong: check the channels ({', '.join(self.prep.channels)}) "
+                "and fine-tune on labelled exams of this kind (docs/realdata.md)"))
+        regions = {n: self.schema.regions[n] for n in self.schema.region_names(station)}
+        present = checks.one_leg(labels, regions)
+        if present is not None:
+            add_warning(case_row, "one_leg", (
+                f"{case.case_id}: one leg in the field of view (the {present}); the other side's regions "
+                "are left ungraded and the station score and asymmetry blank"))
+            for row in rows:
+                if regions[row["region"]].side != present:
+                    row.update(edema_grade=float("nan"), edema_grade_int=None, fat_grade=None,
+                               fat_grade_continuous=float("nan"), fascial_edema_prob=float("nan"),
+                               subcutaneous_edema_prob=float("nan"), fascial_edema=None, subcutaneous_edema=None)
+            case_row.update(station_score=float("nan"), station_score_continuous=float("nan"),
+                            asymmetry=float("nan"))
+        if checks.is_dixon(self.prep.channels):
+            ff = checks.fat_fractions(c0, c1, labels, {n: r.labels for n, r in regions.items()})
+            for row in rows:
+                row["fat_fraction"] = ff[row["region"]]
+        if self.has_grading and signature is not None and signature.get("edema_graded_cases", 1) == 0:
+            for row in rows:  # the training cohort taught this contrast no edema grade
+                row.update(edema_grade=float("nan"), edema_grade_int=None)
+            case_row.update(station_score=float("nan"), station_score_continuous=float("nan"),
+                            asymmetry=float("nan"), pattern="")
 
     def _tables(self, case: CaseInput, station: str, source: str, labels: np.ndarray,
                 edema: np.ndarray, voxel_ml: float, grades: dict[str, np.ndarray] | None

@@ -54,11 +54,11 @@ __all__ = [
 
 CASE_COLUMNS = ["case_id", "subject_id", "station", "status", "error", "warnings", "pattern",
                 *[f"p_{p}" for p in PATTERNS], "station_score", "asymmetry", "seconds",
-                "station_source", "station_score_continuous"]
+                "station_source", "station_score_continuous", "ood_score"]
 REGION_COLUMNS = ["case_id", "region", "edema_grade", "edema_grade_int", "fat_grade",
                   "fascial_edema_prob", "subcutaneous_edema_prob", "volume_ml", "edema_fraction",
-                  "fat_grade_continuous", "fascial_edema", "subcutaneous_edema", "level",
-                  "station", "compartment", "muscle", "side"]
+                  "fat_grade_continuous", "fascial_edema", "subcutaneous_edema", "fat_fraction",
+                  "level", "station", "compartment", "muscle", "side"]
 SUBJECT_COLUMNS = ["subject_id", "thigh_score", "calf_score", "total_score"]
 #: Joins a case's warning codes in the ``warnings`` column of ``cases.csv``.
 WARNING_SEPARATOR = ";"

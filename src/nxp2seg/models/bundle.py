@@ -66,6 +66,10 @@ BUNDLE_FILES: tuple[str, ...] = (
     "preprocessing.json",
     "validation.json",
 )
+#: Files a bundle may hold (hashed like the others when present): ``signature.json``, the
+#: training cohort's image signature (:mod:`nxp2seg.data.signature`; bundles from before it
+#: have none and predict cannot score them).
+OPTIONAL_FILES: tuple[str, ...] = ("signature.json",)
 #: Network builders a bundle may name (a bundle never makes us import anything else).
 _ALLOWED_TARGET_PREFIX = "nxp2seg.models."
 
@@ -160,6 +164,7 @@ def write_bundle(
     network: Mapping[str, Any],
     grader: Mapping[str, Any] | None = None,
     overwrite: bool = True,
+    signature: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model bundle to ``out`` and return its path.
 
@@ -174,6 +179,7 @@ def write_bundle(
             "state_prefix": "net."}``: how :meth:`Bundle.build_network` rebuilds the network.
         grader: the same for the grading head (``"state_prefix": "grader."``), or
             ``None`` for a segmentation-only model.
+        signature: the training cohort's image signature (:func:`nxp2seg.data.signature.cohort_signature`).
     """
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
@@ -201,6 +207,8 @@ def write_bundle(
         atomic_write_text(tmp / "dataset.json", _json(dataset.to_dict()))
         preprocessing.save(tmp / "preprocessing.json")
         atomic_write_text(tmp / "validation.json", _json(dict(validation)))
+        if signature is not None:
+            atomic_write_text(tmp / "signature.json", _json(dict(signature)))
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -227,7 +235,8 @@ def write_bundle(
             ),
             "files": {
                 name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                for name in BUNDLE_FILES
+                for name in BUNDLE_FILES + OPTIONAL_FILES
+                if (tmp / name).exists()
             },
         }
         atomic_write_text(tmp / "bundle.json", _json(manifest))
@@ -255,6 +264,7 @@ class Bundle:
     preprocessing: Preprocessing
     validation: dict[str, Any]
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    signature: dict[str, Any] | None = None
 
     @property
     def schema(self) -> Any:
@@ -376,7 +386,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             f"install nxp2seg>={'.'.join(map(str, _version_tuple(written_by)[:2]))} to use it"
         )
     files = manifest.get("files", {})
-    for name in BUNDLE_FILES:
+    for name in BUNDLE_FILES + tuple(n for n in OPTIONAL_FILES if n in files):
         if name not in files:
             raise BundleError(
                 f"{mpath}: lists no {name}; the bundle is incomplete, export it again"
@@ -411,4 +421,5 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         preprocessing=prep,
         validation=json.loads((path / "validation.json").read_text()),
         state_dict=state,
+        signature=json.loads((path / "signature.json").read_text()) if "signature.json" in files else None,
     )

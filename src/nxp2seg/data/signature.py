@@ -1,0 +1,152 @@
+"""Image signature of a cohort, and how far one exam lies from it (the out-of-distribution guard).
+
+A model trained on one kind of image says nothing trustworthy about another:
+a Dixon water image given as STIR to a T1/STIR model looks like STIR at a
+glance (fat dark, muscle grey) and is segmented and graded with confidence.
+The bundle therefore records its training cohort's *signature* and
+``predict`` scores every exam against it.
+
+Features of one exam (scale-free, logarithms):
+
+* per channel, **bright tissue / muscle**: the median signal of the brightest
+  quarter of the body outside muscle on channel 0 (subcutaneous fat and
+  marrow, on T1 and Dixon fat images alike) over the median signal of muscle,
+  on each channel. T1: about 3; STIR: about 0.2; a Dixon fat image: 10 or
+  more over normal muscle; a water image: under 0.1.
+* per channel, **muscle spread**: the muscle's interquartile range over its
+  median (noise, texture, fatty infiltration).
+* **geometry**: in-plane and slice spacing, matrix, field of view.
+
+Muscle is the exam's labelled (training) or predicted (``predict``) graded
+regions; the body is where either channel exceeds 10% of its 99th percentile.
+
+The signature keeps, per feature, the training cases' median and a scale (1.4826
+x MAD, floored: a feature every training case shares, such as the matrix,
+would otherwise flag any change at all). An exam's ``ood_score`` is its
+largest robust z over the features; above :data:`DEFAULT_THRESHOLD` the
+exam is ``input_unlike_training``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DEFAULT_THRESHOLD", "exam_features", "build_signature", "cohort_signature", "ood_score"]
+
+#: Robust z above which an exam is unlike the training cohort (chosen on phantom validation
+#: exams: docs/realdata.md).
+DEFAULT_THRESHOLD = 6.0
+#: Smallest scale per feature kind (log units): contrast ratios vary +-15% between scanners
+#: of one protocol; geometry may change by a factor 2 without harm (the model resamples).
+_FLOORS = {"ratio": 0.15, "spread": 0.25, "geometry": 0.7}
+_EPS = 1e-6
+
+
+def _kind(name: str) -> str:
+    return "ratio" if "bright_over_muscle" in name else "spread" if "spread" in name else "geometry"
+
+
+def exam_features(
+    channels: Sequence[np.ndarray], muscle: np.ndarray, affine: np.ndarray, names: Sequence[str]
+) -> dict[str, float] | None:
+    """The signature features of one exam (``None`` when it has too little muscle to measure).
+
+    Args:
+        channels: channel 0 and channel 1 on one grid ``(X, Y, Z)`` (channel 1 resampled
+            onto channel 0's).
+        muscle: ``(X, Y, Z)`` bool, the graded regions.
+        affine: the grid's voxel -> world affine.
+        names: the channel names (``T1``, ``STIR`` or ``FAT``, ``WATER``), for the keys.
+    """
+    c = [np.asarray(ch, dtype=np.float32) for ch in channels]
+    body = np.zeros(c[0].shape, bool)
+    for ch in c:
+        body |= ch > 0.1 * np.percentile(ch, 99)
+    muscle = np.asarray(muscle, bool) & body
+    other = body & ~muscle
+    if muscle.sum() < 50 or other.sum() < 50:
+        return None
+    bright = other & (c[0] >= np.percentile(c[0][other], 75))
+    out: dict[str, float] = {}
+    for name, ch in zip(names, c):
+        m = float(np.median(ch[muscle]))
+        q25, q75 = np.percentile(ch[muscle], [25, 75])
+        key = name.lower()
+        out[f"{key}_bright_over_muscle"] = float(np.log((np.median(ch[bright]) + _EPS) / (m + _EPS)))
+        out[f"{key}_muscle_spread"] = float(np.log((q75 - q25 + _EPS) / (abs(m) + _EPS)))
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    shape = np.asarray(c[0].shape[:3], float)
+    order = np.argsort(spacing)  # the two finest axes are in-plane
+    inplane, through = order[:2], order[2]
+    out["inplane_spacing_mm"] = float(np.log(spacing[inplane].mean()))
+    out["slice_spacing_mm"] = float(np.log(spacing[through]))
+    out["matrix"] = float(np.log(shape[inplane].mean()))
+    out["field_of_view_mm"] = float(np.log((shape[inplane] * spacing[inplane]).mean()))
+    out["slices"] = float(np.log(shape[through]))
+    return out
+
+
+def build_signature(features: Iterable[Mapping[str, float]], channels: Sequence[str],
+                    threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any] | None:
+    """The training cohort's signature from its cases' features (``None`` without cases)."""
+    rows = [dict(f) for f in features if f]
+    if not rows:
+        return None
+    names = sorted(set.intersection(*(set(r) for r in rows)))
+    table = {}
+    for n in names:
+        v = np.array([r[n] for r in rows], float)
+        med = float(np.median(v))
+        mad = float(np.median(np.abs(v - med)))
+        table[n] = {"median": med, "scale": max(1.4826 * mad, _FLOORS[_kind(n)]),
+                    "min": float(v.min()), "max": float(v.max())}
+    return {"version": 1, "channels": list(channels), "n_cases": len(rows), "threshold": float(threshold),
+            "features": table}
+
+
+def ood_score(signature: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
+    """How unlike the training cohort one exam is.
+
+    Returns:
+        ``{"ood_score": max robust z (NaN when the exam could not be measured), "feature":
+        the feature that gave it, "z": {feature: z}, "unlike_training": bool}``.
+    """
+    if not features:
+        return {"ood_score": float("nan"), "feature": None, "z": {}, "unlike_training": False}
+    z = {}
+    for name, ref in signature["features"].items():
+        if name in features:
+            z[name] = abs(float(features[name]) - ref["median"]) / ref["scale"]
+    worst = max(z, key=z.get) if z else None
+    score = float(z[worst]) if worst else float("nan")
+    return {"ood_score": score, "feature": worst, "z": {k: round(v, 3) for k, v in z.items()},
+            "unlike_training": bool(worst is not None and score > float(signature["threshold"]))}
+
+
+def cohort_signature(cohort: Any, case_ids: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any] | None:
+    """The signature of a :class:`~nxp2seg.data.cohort.Cohort` over ``case_ids`` with masks."""
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    schema = cohort.dataset.schema
+    muscle_values = sorted({v for r in schema.regions.values() for v in r.labels})
+    names = [cohort.dataset.channel_names[k] for k in sorted(cohort.dataset.channel_names, key=int)]
+    rows = []
+    for cid in case_ids:
+        if not cohort.has_label(cid):
+            continue
+        img0, img1 = nib.load(cohort.image_path(cid, 0)), nib.load(cohort.image_path(cid, 1))
+        if img1.shape[:3] != img0.shape[:3] or not np.allclose(img1.affine, img0.affine, atol=1e-3):
+            img1 = resample_from_to(img1, (img0.shape[:3], img0.affine), order=1)
+        label = np.asarray(nib.load(cohort.label_path(cid)).dataobj)
+        rows.append(exam_features([img0.get_fdata(), img1.get_fdata()], np.isin(label, muscle_values),
+                                  img0.affine, names))
+    signature = build_signature(rows, names, threshold)
+    if signature is not None:  # whether this cohort (this contrast) taught the model any edema grade
+        grades = cohort.grades
+        graded = grades[grades["case_id"].astype(str).isin(set(map(str, case_ids)))]
+        signature["edema_graded_cases"] = int(graded.dropna(subset=["edema_grade"])["case_id"].nunique())
+    return signature

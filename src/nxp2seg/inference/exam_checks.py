@@ -1,0 +1,75 @@
+"""What predict measures and checks on each exam beyond segmentation and grades.
+
+* **Out-of-distribution guard**: the exam's image signature against the
+  bundle's training cohort (:mod:`nxp2seg.data.signature`): ``ood_score`` in
+  ``report.json``, the warning ``input_unlike_training`` above the threshold.
+* **One leg**: when the predicted graded regions of one side hold under 5% of
+  the other side's muscle, the exam shows one leg: the warning ``one_leg``,
+  and that side's regions are left ungraded (blank) rather than graded on
+  nothing.
+* **Fat fraction** (Dixon inputs): per region, ``fat / (fat + water)``
+  averaged over the region's voxels -- the estimator of the Huashan authors,
+  which reproduces their published per-muscle table to four decimals from
+  their labels -- over the voxels above a noise floor: five times the median
+  of ``fat + water`` outside the body (magnitude images keep a Rician floor in
+  air, where the ratio is noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nxp2seg.data.cohort import DIXON_CHANNELS
+from nxp2seg.data.signature import exam_features, ood_score
+
+__all__ = ["ONE_LEG_SHARE", "is_dixon", "fat_fractions", "one_leg", "guard"]
+
+#: A side whose graded regions hold less than this share of the other side's is absent.
+ONE_LEG_SHARE = 0.05
+#: Voxels whose fat + water is under this many times the air's median are left out of fat fractions.
+NOISE_FLOOR = 5.0
+
+
+def is_dixon(channels: Sequence[str]) -> bool:
+    return tuple(channels) == tuple(DIXON_CHANNELS[k] for k in sorted(DIXON_CHANNELS))
+
+
+def fat_fractions(fat: np.ndarray, water: np.ndarray, labels: np.ndarray,
+                  regions: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """``{region: mean fat / (fat + water)}`` over each region's voxels above the noise floor."""
+    fat = np.asarray(fat, np.float32)
+    water = np.asarray(water, np.float32)
+    total = fat + water
+    body = total > 0.1 * np.percentile(total, 99)
+    air = total[~body]
+    floor = NOISE_FLOOR * float(np.median(air)) if air.size else 0.0
+    ok = total > max(floor, 1e-6)
+    ratio = np.zeros_like(total)
+    np.divide(fat, total, out=ratio, where=ok)
+    out = {}
+    for name, values in regions.items():
+        sel = np.isin(labels, list(values)) & ok
+        out[name] = float(ratio[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def one_leg(labels: np.ndarray, regions: Mapping[str, Any]) -> str | None:
+    """The side present when the other side's graded regions are (nearly) empty, else ``None``."""
+    size = {"right": 0, "left": 0}
+    for r in regions.values():
+        size[r.side] += int(np.isin(labels, list(r.labels)).sum())
+    big, small = max(size, key=size.get), min(size, key=size.get)
+    if size[big] > 0 and size[small] < ONE_LEG_SHARE * size[big]:
+        return big
+    return None
+
+
+def guard(signature: Mapping[str, Any] | None, channels: Sequence[np.ndarray], muscle: np.ndarray,
+          affine: np.ndarray, names: Sequence[str]) -> dict[str, Any] | None:
+    """The exam scored against the bundle's signature (``None`` for a bundle without one)."""
+    if not signature:
+        return None
+    return ood_score(signature, exam_features(channels, muscle, affine, names))

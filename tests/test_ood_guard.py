@@ -1,0 +1,126 @@
+"""The out-of-distribution guard, one leg, and Dixon fat fractions in predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nxp2seg.data.schema import default_compartment_schema
+from nxp2seg.data.signature import build_signature, exam_features, ood_score
+from nxp2seg.inference.exam_checks import fat_fractions, one_leg
+from nxp2seg.io import make_nifti, save_nifti
+from nxp2seg.models.bundle import load_bundle
+
+SCHEMA = default_compartment_schema()
+
+
+def _two_tissue(fat_level: float, muscle_level: float, c1_fat: float, c1_muscle: float, seed: int = 0):
+    """A slab: muscle in the middle, fat around it, air outside; two channels."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 40, 4)
+    c0, c1 = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    body = np.zeros(shape, bool)
+    body[5:35, 5:35] = True
+    muscle = np.zeros(shape, bool)
+    muscle[12:28, 12:28] = True
+    c0[body], c1[body] = fat_level, c1_fat
+    c0[muscle], c1[muscle] = muscle_level, c1_muscle
+    c0 += rng.normal(0, 0.01, shape).astype(np.float32)
+    c1 += rng.normal(0, 0.01, shape).astype(np.float32)
+    return [np.abs(c0), np.abs(c1)], muscle
+
+
+def test_features_are_tissue_ratios_and_geometry_by_hand():
+    ch, muscle = _two_tissue(3.0, 1.0, 0.2, 1.0)
+    f = exam_features(ch, muscle, np.diag([2.0, 2.0, 6.0, 1.0]), ["T1", "STIR"])
+    assert np.isclose(np.exp(f["t1_bright_over_muscle"]), 3.0, rtol=0.02)
+    assert np.isclose(np.exp(f["stir_bright_over_muscle"]), 0.2, rtol=0.1)
+    assert np.isclose(np.exp(f["inplane_spacing_mm"]), 2.0) and np.isclose(np.exp(f["slice_spacing_mm"]), 6.0)
+    assert np.isclose(np.exp(f["matrix"]), 40) and np.isclose(np.exp(f["field_of_view_mm"]), 80)
+    assert exam_features(ch, np.zeros_like(muscle), np.eye(4), ["T1", "STIR"]) is None
+
+
+def test_score_is_the_largest_robust_z_and_flags_dixon_given_as_t1_stir():
+    aff = np.diag([2.0, 2.0, 6.0, 1.0])
+    train = [exam_features(*_two_tissue(f, 1.0, s, 1.0, seed=i), aff, ["T1", "STIR"])
+             for i, (f, s) in enumerate([(2.8, 0.18), (3.0, 0.2), (3.2, 0.25), (3.4, 0.22), (3.1, 0.3)])]
+    sig = build_signature(train, ["T1", "STIR"])
+    ref = sig["features"]["t1_bright_over_muscle"]
+    assert ref["scale"] >= 0.15 and np.isclose(ref["median"], np.log(3.1), atol=0.02)
+    like = ood_score(sig, exam_features(*_two_tissue(3.05, 1.0, 0.21, 1.0, seed=9), aff, ["T1", "STIR"]))
+    assert not like["unlike_training"] and like["ood_score"] < 2
+    dixon = ood_score(sig, exam_features(*_two_tissue(1.0, 0.06, 0.05, 1.0, seed=9), aff, ["T1", "STIR"]))
+    assert dixon["unlike_training"] and dixon["z"]["t1_bright_over_muscle"] > sig["threshold"]
+    z = (np.log(1.0 / 0.06) - ref["median"]) / ref["scale"]
+    assert dixon["ood_score"] >= z - 0.5
+    assert ood_score(sig, None) == {"ood_score": pytest.approx(float("nan"), nan_ok=True), "feature": None,
+                                    "z": {}, "unlike_training": False}
+
+
+def test_fat_fraction_by_hand_with_a_noise_floor():
+    fat = np.zeros((10, 10, 2), np.float32)
+    water = np.zeros((10, 10, 2), np.float32)
+    labels = np.zeros((10, 10, 2), np.uint8)
+    fat[:, :, :], water[:, :, :] = 1.0, 1.0  # air: noise of 2 in fat + water
+    labels[2:5, 2:5] = 1
+    fat[2:5, 2:5], water[2:5, 2:5] = 300.0, 700.0  # 30% fat
+    labels[5:8, 5:8] = 2
+    fat[5:8, 5:8], water[5:8, 5:8] = 600.0, 400.0
+    fat[5, 5], water[5, 5] = 2.0, 3.0  # under the noise floor (5 x air's 2): left out
+    ff = fat_fractions(fat, water, labels, {"a": [1], "b": [2]})
+    assert ff["a"] == pytest.approx(0.3) and ff["b"] == pytest.approx(0.6)
+
+
+def test_one_leg_is_seen_from_the_regions():
+    regions = {n: SCHEMA.regions[n] for n in SCHEMA.region_names("thigh")}
+    labels = np.zeros((20, 10, 2), np.uint8)
+    labels[:8, :, :] = SCHEMA.labels["thigh_anterior_right"]
+    assert one_leg(labels, regions) == "right"
+    labels[15:, :5, :] = SCHEMA.labels["thigh_medial_left"]
+    assert one_leg(labels, regions) is None
+
+
+def _dixon_like(src: Path, dst: Path, name: str, seed: int) -> None:
+    """A T1/STIR exam of the synthetic cohort redrawn as Dixon fat/water (fat bright / dark)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    label = nib.load(src)
+    lab = np.asarray(label.dataobj)
+    fatty = np.isin(lab, [SCHEMA.labels["subcutaneous_right"], SCHEMA.labels["subcutaneous_left"], SCHEMA.labels["bone"]])
+    body = lab > 0
+    fat = np.where(fatty, 1.0, np.where(body, 0.05, 0.0)) * 900 + rng.normal(0, 9, lab.shape)
+    water = np.where(fatty, 0.06, np.where(body, 1.0, 0.0)) * 900 + rng.normal(0, 9, lab.shape)
+    save_nifti(make_nifti(np.abs(fat).astype(np.float32), label.affine), dst / f"{name}_T1.nii.gz")
+    save_nifti(make_nifti(np.abs(water).astype(np.float32), label.affine), dst / f"{name}_STIR.nii.gz")
+
+
+def test_predict_writes_ood_score_and_flags_dixon_given_to_a_t1_stir_bundle(trained_bundle, synthetic_cohort,
+                                                                             tmp_path):
+    from nxp2seg.predict import main
+
+    bundle = load_bundle(trained_bundle)
+    assert bundle.signature is not None and bundle.signature["channels"] == ["T1", "STIR"]
+    assert bundle.signature["edema_graded_cases"] == 0
+    cases = pd.read_csv(synthetic_cohort / "cases.csv")
+    held_out = cases[cases.split == "test"].case_id.tolist()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for cid in held_out:
+        _dixon_like(synthetic_cohort / "labelsTr" / f"{cid}.nii.gz", inputs, f"dixon{cid}", seed=1)
+    out = tmp_path / "out"
+    assert main([f"model={trained_bundle}", f"input={synthetic_cohort}", "split=test", f"output={out / 'same'}",
+                 "progress=false"]) == 0
+    assert main([f"model={trained_bundle}", f"input={inputs}", f"output={out / 'dixon'}", "progress=false"]) == 0
+    same = pd.read_csv(out / "same" / "cases.csv", keep_default_na=False)
+    dixon = pd.read_csv(out / "dixon" / "cases.csv", keep_default_na=False)
+    assert not same.warnings.str.contains("input_unlike_training").any()
+    assert dixon.warnings.str.contains("input_unlike_training").all()
+    report = json.loads((out / "dixon" / dixon.case_id[0] / "report.json").read_text())
+    assert report["ood_score"] > bundle.signature["threshold"] and report["ood"]["feature"]
+    assert "input_unlike_training" in report["warning_messages"]
+    assert np.isfinite(same.ood_score).all() and (same.ood_score < bundle.signature["threshold"]).all()
