@@ -50,15 +50,24 @@ def test_score_is_the_largest_robust_z_and_flags_dixon_given_as_t1_stir():
              for i, (f, s) in enumerate([(2.8, 0.18), (3.0, 0.2), (3.2, 0.25), (3.4, 0.22), (3.1, 0.3)])]
     sig = build_signature(train, ["T1", "STIR"])
     ref = sig["features"]["t1_bright_over_muscle"]
-    assert ref["scale"] >= 0.15 and np.isclose(ref["median"], np.log(3.1), atol=0.02)
+    assert np.isclose(ref["median"], np.log(3.1), atol=0.02)
+    assert sig["features"]["matrix"]["scale"] == 0.25  # shared by every training case: the floor
     like = ood_score(sig, exam_features(*_two_tissue(3.05, 1.0, 0.21, 1.0, seed=9), aff, ["T1", "STIR"]))
-    assert not like["unlike_training"] and like["ood_score"] < 2
+    assert not like["unlike_training"] and like["ood_score"] < sig["threshold"]
     dixon = ood_score(sig, exam_features(*_two_tissue(1.0, 0.06, 0.05, 1.0, seed=9), aff, ["T1", "STIR"]))
-    assert dixon["unlike_training"] and dixon["z"]["t1_bright_over_muscle"] > sig["threshold"]
-    z = (np.log(1.0 / 0.06) - ref["median"]) / ref["scale"]
-    assert dixon["ood_score"] >= z - 0.5
-    assert ood_score(sig, None) == {"ood_score": pytest.approx(float("nan"), nan_ok=True), "feature": None,
-                                    "z": {}, "unlike_training": False}
+    assert dixon["unlike_training"] and dixon["feature"] == "contrast" and dixon["contrast_distance"] > 10
+    # the Mahalanobis distance by hand
+    c = sig["contrast"]
+    f = exam_features(*_two_tissue(1.0, 0.06, 0.05, 1.0, seed=9), aff, ["T1", "STIR"])
+    d = np.array([f[n] for n in c["names"]]) - np.array(c["mean"])
+    assert np.isclose(dixon["contrast_distance"], np.sqrt(d @ np.linalg.inv(np.array(c["covariance"])) @ d), rtol=1e-3)
+    bigger = ood_score(sig, {**like_f(aff), "matrix": np.log(40 * 4)})  # 4x the matrix: z = log 4 / 0.25
+    assert bigger["feature"] == "matrix" and np.isclose(bigger["ood_score"], np.log(4) / 0.25, rtol=1e-3)
+    assert ood_score(sig, None)["unlike_training"] is False and np.isnan(ood_score(sig, None)["ood_score"])
+
+
+def like_f(aff):
+    return exam_features(*_two_tissue(3.05, 1.0, 0.21, 1.0, seed=9), aff, ["T1", "STIR"])
 
 
 def test_fat_fraction_by_hand_with_a_noise_floor():

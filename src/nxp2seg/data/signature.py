@@ -8,23 +8,34 @@ The bundle therefore records its training cohort's *signature* and
 
 Features of one exam (scale-free, logarithms):
 
-* per channel, **bright tissue / muscle**: the median signal of the brightest
-  quarter of the body outside muscle on channel 0 (subcutaneous fat and
-  marrow, on T1 and Dixon fat images alike) over the median signal of muscle,
-  on each channel. T1: about 3; STIR: about 0.2; a Dixon fat image: 10 or
-  more over normal muscle; a water image: under 0.1.
-* per channel, **muscle spread**: the muscle's interquartile range over its
-  median (noise, texture, fatty infiltration).
-* **geometry**: in-plane and slice spacing, matrix, field of view.
+* **contrast**, per channel: *bright tissue / muscle*, the median signal of the
+  brightest quarter of the body outside muscle on channel 0 (subcutaneous fat
+  and marrow, on T1 and Dixon fat images alike) over the median signal of
+  muscle (T1: about 3; STIR: about 0.2; a Dixon fat image: 10 or more over
+  normal muscle; a water image: under 0.1); and *muscle spread*, the
+  muscle's interquartile range over its median (noise, texture, fatty
+  infiltration); and the *correlation of the two channels inside muscle*
+  (Fisher z).
+* **geometry**: in-plane and slice spacing, matrix, field of view, slices.
 
 Muscle is the exam's labelled (training) or predicted (``predict``) graded
 regions; the body is where either channel exceeds 10% of its 99th percentile.
 
-The signature keeps, per feature, the training cases' median and a scale (1.4826
-x MAD, floored: a feature every training case shares, such as the matrix,
-would otherwise flag any change at all). An exam's ``ood_score`` is its
-largest robust z over the features; above :data:`DEFAULT_THRESHOLD` the
-exam is ``input_unlike_training``.
+The score has two parts, and the exam's ``ood_score`` is the larger:
+
+* the five contrast features together: their Mahalanobis distance from the
+  training cases' mean under the training covariance (Ledoit-Wolf shrinkage,
+  scikit-learn: a few dozen cases estimate a 5 x 5 covariance poorly). The
+  features move together (fatty infiltration raises a T1's muscle signal
+  and its spread at once), so a combination no training case showed (a
+  water image's very dark fat *with* a fat image's spread) stands out even
+  when each feature alone lies inside the training range;
+* each geometry feature alone: its robust z (distance from the training
+  median over 1.4826 x MAD, floored at 0.25 in log units: a feature every
+  training case shares, such as the matrix, would otherwise flag any change).
+
+Above the threshold (:data:`DEFAULT_THRESHOLD`, chosen on phantom validation
+exams: docs/realdata.md) the exam is ``input_unlike_training``.
 """
 
 from __future__ import annotations
@@ -36,17 +47,15 @@ import numpy as np
 
 __all__ = ["DEFAULT_THRESHOLD", "exam_features", "build_signature", "cohort_signature", "ood_score"]
 
-#: Robust z above which an exam is unlike the training cohort (chosen on phantom validation
-#: exams: docs/realdata.md).
-DEFAULT_THRESHOLD = 6.0
-#: Smallest scale per feature kind (log units): contrast ratios vary +-15% between scanners
-#: of one protocol; geometry may change by a factor 2 without harm (the model resamples).
-_FLOORS = {"ratio": 0.15, "spread": 0.25, "geometry": 0.7}
+#: Score above which an exam is unlike the training cohort.
+DEFAULT_THRESHOLD = 4.5
+#: Smallest robust scale of a geometry feature (log units).
+_GEOMETRY_FLOOR = 0.25
 _EPS = 1e-6
 
 
-def _kind(name: str) -> str:
-    return "ratio" if "bright_over_muscle" in name else "spread" if "spread" in name else "geometry"
+def _is_contrast(name: str) -> bool:
+    return name.endswith(("_bright_over_muscle", "_muscle_spread", "_muscle_correlation"))
 
 
 def exam_features(
@@ -77,6 +86,10 @@ def exam_features(
         key = name.lower()
         out[f"{key}_bright_over_muscle"] = float(np.log((np.median(ch[bright]) + _EPS) / (m + _EPS)))
         out[f"{key}_muscle_spread"] = float(np.log((q75 - q25 + _EPS) / (abs(m) + _EPS)))
+    # how the channels move together inside muscle (Fisher z of their correlation): fatty infiltration
+    # moves T1 and STIR apart; noise, edema and imperfect fat-water separation each leave their mark
+    r = np.corrcoef(c[0][muscle], c[1][muscle])[0, 1]
+    out["channels_muscle_correlation"] = float(np.arctanh(np.clip(np.nan_to_num(r), -0.999, 0.999)))
     spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     shape = np.asarray(c[0].shape[:3], float)
     order = np.argsort(spacing)  # the two finest axes are in-plane
@@ -92,6 +105,8 @@ def exam_features(
 def build_signature(features: Iterable[Mapping[str, float]], channels: Sequence[str],
                     threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any] | None:
     """The training cohort's signature from its cases' features (``None`` without cases)."""
+    from sklearn.covariance import LedoitWolf
+
     rows = [dict(f) for f in features if f]
     if not rows:
         return None
@@ -101,29 +116,42 @@ def build_signature(features: Iterable[Mapping[str, float]], channels: Sequence[
         v = np.array([r[n] for r in rows], float)
         med = float(np.median(v))
         mad = float(np.median(np.abs(v - med)))
-        table[n] = {"median": med, "scale": max(1.4826 * mad, _FLOORS[_kind(n)]),
+        table[n] = {"median": med, "scale": max(1.4826 * mad, 0.0 if _is_contrast(n) else _GEOMETRY_FLOOR),
                     "min": float(v.min()), "max": float(v.max())}
-    return {"version": 1, "channels": list(channels), "n_cases": len(rows), "threshold": float(threshold),
-            "features": table}
+    contrast = [n for n in names if _is_contrast(n)]
+    x = np.array([[r[n] for n in contrast] for r in rows], float)
+    cov = LedoitWolf().fit(x).covariance_ if len(rows) > 1 else np.zeros((len(contrast), len(contrast)))
+    cov = cov + np.eye(len(contrast)) * 1e-4  # a feature constant in training still has a finite scale
+    return {"version": 2, "channels": list(channels), "n_cases": len(rows), "threshold": float(threshold),
+            "features": table, "contrast": {"names": contrast, "mean": x.mean(axis=0).tolist(),
+                                            "covariance": cov.tolist()}}
 
 
 def ood_score(signature: Mapping[str, Any], features: Mapping[str, float] | None) -> dict[str, Any]:
     """How unlike the training cohort one exam is.
 
     Returns:
-        ``{"ood_score": max robust z (NaN when the exam could not be measured), "feature":
-        the feature that gave it, "z": {feature: z}, "unlike_training": bool}``.
+        ``{"ood_score": the larger of the contrast distance and the largest geometry z
+        (NaN when the exam could not be measured), "feature": what gave it ("contrast" or a
+        geometry feature), "contrast_distance": ..., "z": {feature: robust z},
+        "unlike_training": bool}``.
     """
+    nan = float("nan")
     if not features:
-        return {"ood_score": float("nan"), "feature": None, "z": {}, "unlike_training": False}
+        return {"ood_score": nan, "feature": None, "contrast_distance": nan, "z": {}, "unlike_training": False}
     z = {}
     for name, ref in signature["features"].items():
         if name in features:
-            z[name] = abs(float(features[name]) - ref["median"]) / ref["scale"]
-    worst = max(z, key=z.get) if z else None
-    score = float(z[worst]) if worst else float("nan")
-    return {"ood_score": score, "feature": worst, "z": {k: round(v, 3) for k, v in z.items()},
-            "unlike_training": bool(worst is not None and score > float(signature["threshold"]))}
+            z[name] = abs(float(features[name]) - ref["median"]) / max(ref["scale"], _EPS)
+    c = signature["contrast"]
+    d = np.array([features[n] for n in c["names"]], float) - np.asarray(c["mean"], float)
+    distance = float(np.sqrt(d @ np.linalg.solve(np.asarray(c["covariance"], float), d)))
+    parts = {"contrast": distance, **{n: v for n, v in z.items() if not _is_contrast(n)}}
+    worst = max(parts, key=parts.get)
+    score = float(parts[worst])
+    return {"ood_score": score, "feature": worst, "contrast_distance": round(distance, 3),
+            "z": {k: round(v, 3) for k, v in z.items()},
+            "unlike_training": bool(score > float(signature["threshold"]))}
 
 
 def cohort_signature(cohort: Any, case_ids: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any] | None:
@@ -150,3 +178,4 @@ def cohort_signature(cohort: Any, case_ids: Iterable[str], threshold: float = DE
         graded = grades[grades["case_id"].astype(str).isin(set(map(str, case_ids)))]
         signature["edema_graded_cases"] = int(graded.dropna(subset=["edema_grade"])["case_id"].nunique())
     return signature
+

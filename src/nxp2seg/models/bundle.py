@@ -53,6 +53,7 @@ __all__ = [
     "Bundle",
     "write_bundle",
     "load_bundle",
+    "add_signature",
     "git_commit",
 ]
 
@@ -345,6 +346,18 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], where: Pa
             f"{where / 'weights.safetensors'} does not fit the network of bundle.json "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); the bundle is damaged"
         )
+
+
+def add_signature(path: str | os.PathLike, signature: Mapping[str, Any]) -> Path:
+    """Add (or replace) ``signature.json`` in a verified bundle and record its hash in ``bundle.json``."""
+    path = Path(path)
+    load_bundle(path)  # refuse a damaged bundle
+    atomic_write_text(path / "signature.json", _json(dict(signature)))
+    manifest = json.loads((path / "bundle.json").read_text())
+    f = path / "signature.json"
+    manifest.setdefault("files", {})["signature.json"] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+    atomic_write_text(path / "bundle.json", _json(manifest))
+    return f
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
