@@ -88,9 +88,12 @@ def test_one_leg_is_seen_from_the_regions():
     regions = {n: SCHEMA.regions[n] for n in SCHEMA.region_names("thigh")}
     labels = np.zeros((20, 10, 2), np.uint8)
     labels[:8, :, :] = SCHEMA.labels["thigh_anterior_right"]
-    assert one_leg(labels, regions) == "right"
-    labels[15:, :5, :] = SCHEMA.labels["thigh_medial_left"]
-    assert one_leg(labels, regions) is None
+    assert one_leg(labels, regions, np.eye(4)) == "right"
+    labels[15:, :5, :] = SCHEMA.labels["thigh_medial_left"]  # beside it along x: two legs
+    assert one_leg(labels, regions, np.eye(4)) is None
+    labels[15:] = 0
+    labels[3:6, :5, :] = SCHEMA.labels["thigh_medial_left"]  # inside the right leg's span: one leg
+    assert one_leg(labels, regions, np.eye(4)) == "right"
 
 
 def _dixon_like(src: Path, dst: Path, name: str, seed: int) -> None:
@@ -133,3 +136,31 @@ def test_predict_writes_ood_score_and_flags_dixon_given_to_a_t1_stir_bundle(trai
     assert report["ood_score"] > bundle.signature["threshold"] and report["ood"]["feature"]
     assert "input_unlike_training" in report["warning_messages"]
     assert np.isfinite(same.ood_score).all() and (same.ood_score < bundle.signature["threshold"]).all()
+
+
+def test_one_leg_exam_gets_the_warning(trained_bundle, synthetic_cohort, tmp_path):
+    import nibabel as nib
+
+    from nxp2seg.predict import main
+
+    cases = pd.read_csv(synthetic_cohort / "cases.csv")
+    cid = cases[(cases.split == "test") & (cases.station == "thigh")].case_id.iloc[0]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for ch, name in ((0, "T1"), (1, "STIR")):
+        img = nib.load(synthetic_cohort / "imagesTr" / f"{cid}_{ch:04d}.nii.gz")
+        data = img.get_fdata().astype(np.float32)
+        i, j, k = np.meshgrid(*(np.arange(n) for n in data.shape), indexing="ij")
+        x = img.affine[0, 0] * i + img.affine[0, 1] * j + img.affine[0, 2] * k + img.affine[0, 3]
+        data[x < 0] = 0.0  # the patient's left leg is not in the field of view
+        save_nifti(make_nifti(data, img.affine), inputs / f"oneleg_thigh_{name}.nii.gz")
+    out = tmp_path / "out"
+    assert main([f"model={trained_bundle}", f"input={inputs}", f"output={out}", "progress=false"]) == 0
+    row = pd.read_csv(out / "cases.csv", keep_default_na=False).iloc[0]
+    assert "one_leg" in row.warnings.split(";")
+    report = json.loads((out / row.case_id / "report.json").read_text())
+    assert "right" in report["warning_messages"]["one_leg"]
+    volumes = pd.read_csv(out / "regions.csv").set_index("region")["volume_ml"]
+    assert (volumes[[r for r in volumes.index if r.endswith("_left")]] == 0).all()
+    seg = np.asarray(nib.load(out / row.case_id / "seg.nii.gz").dataobj)
+    assert not np.isin(seg, [SCHEMA.labels[r] for r in volumes.index if r.endswith("_left")]).any()

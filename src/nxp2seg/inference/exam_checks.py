@@ -4,9 +4,10 @@
   bundle's training cohort (:mod:`nxp2seg.data.signature`): ``ood_score`` in
   ``report.json``, the warning ``input_unlike_training`` above the threshold.
 * **One leg**: when the predicted graded regions of one side hold under 5% of
-  the other side's muscle, the exam shows one leg: the warning ``one_leg``,
-  and that side's regions are left ungraded (blank) rather than graded on
-  nothing.
+  the other side's, or lie mostly inside the other side's span along world x,
+  the exam shows one leg: the warning ``one_leg``; the other side's labels are
+  given to the present leg (its compartments' twins) and that side's regions
+  are left ungraded (blank) rather than graded on nothing.
 * **Fat fraction** (Dixon inputs): per region, ``fat / (fat + water)``
   averaged over the region's voxels -- the estimator of the Huashan authors,
   which reproduces their published per-muscle table to four decimals from
@@ -56,15 +57,34 @@ def fat_fractions(fat: np.ndarray, water: np.ndarray, labels: np.ndarray,
     return out
 
 
-def one_leg(labels: np.ndarray, regions: Mapping[str, Any]) -> str | None:
-    """The side present when the other side's graded regions are (nearly) empty, else ``None``."""
-    size = {"right": 0, "left": 0}
+def one_leg(labels: np.ndarray, regions: Mapping[str, Any], affine: np.ndarray) -> str | None:
+    """The side present when the exam shows one leg, else ``None``.
+
+    One leg when one side's graded regions hold under :data:`ONE_LEG_SHARE` of the
+    other's, or when most of them lie inside the other side's span along world x
+    (the left-right axis): two legs lie side by side, while on a single leg a
+    network misled by the laterality channel (whose midline is then that leg's
+    centre) calls its medial half the other side.
+    """
+    voxels = {"right": [], "left": []}
     for r in regions.values():
-        size[r.side] += int(np.isin(labels, list(r.labels)).sum())
+        voxels[r.side].append(np.isin(labels, list(r.labels)))
+    masks = {s: np.logical_or.reduce(v) if v else np.zeros(labels.shape, bool) for s, v in voxels.items()}
+    size = {s: int(m.sum()) for s, m in masks.items()}
     big, small = max(size, key=size.get), min(size, key=size.get)
-    if size[big] > 0 and size[small] < ONE_LEG_SHARE * size[big]:
+    if size[big] == 0:
+        return None
+    if size[small] < ONE_LEG_SHARE * size[big]:
         return big
-    return None
+    x = {s: _world_x(masks[s], affine) for s in masks}
+    lo, hi = np.percentile(x[big], [2, 98])
+    inside = float(((x[small] >= lo) & (x[small] <= hi)).mean())
+    return big if inside > 0.5 else None
+
+
+def _world_x(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    idx = np.stack(np.nonzero(mask)).astype(float)
+    return np.asarray(affine)[0, :3] @ idx + np.asarray(affine)[0, 3]
 
 
 def guard(signature: Mapping[str, Any] | None, channels: Sequence[np.ndarray], muscle: np.ndarray,

@@ -159,6 +159,7 @@ class Predictor:
                            ("crop_to_body", crop_to_body)):
             if value is not None:
                 inference[key] = value
+        self._lr_lut = lr_swap_lut(self.schema)
         self.segmenter = Segmenter(
             net=self.model.net,
             loss=torch.nn.Identity(),
@@ -274,7 +275,13 @@ class Predictor:
                                if s in self.schema.labels])
         edema, stir_ref = edema_map(stir_native, t1_native, muscle, fat, self.model.grader, t1_img.affine)
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
+        present = self._one_leg(labels, station, t1_img.affine)
+        if present is not None:  # one leg: what the network called the other side is this leg's
+            absent = "left" if present == "right" else "right"
+            other = [v for n, v in self.schema.labels.items() if n.endswith(f"_{absent}")]
+            labels = np.where(np.isin(labels, other), self._lr_lut[labels], labels).astype(labels.dtype)
         regions, case_row = self._tables(case, station, source, labels, edema, voxel_ml, grades)
+        case_row["one_leg"] = present
         case_row["station_warning"] = station_warning
         self._exam_checks(case, station, labels, t1_native, stir_native, t1_img.affine, muscle, regions, case_row)
         t["postprocess"] = time.perf_counter() - t0
@@ -292,6 +299,11 @@ class Predictor:
             edema=edema, regions=regions, case=case_row, geometry=geometry, timings=t,
             notes=notes + list(case.notes),
         )
+
+    def _one_leg(self, labels: np.ndarray, station: str, affine: np.ndarray) -> str | None:
+        from nxp2seg.inference.exam_checks import one_leg
+
+        return one_leg(labels, {n: self.schema.regions[n] for n in self.schema.region_names(station)}, affine)
 
     def _exam_checks(self, case: CaseInput, station: str, labels: np.ndarray, c0: np.ndarray, c1: np.ndarray,
                      affine: np.ndarray, muscle: np.ndarray, rows: list[dict[str, Any]], case_row: dict[str, Any]) -> None:
@@ -311,7 +323,7 @@ class Predictor:
                 f"its segmentation and grades may be wrong: check the channels ({', '.join(self.prep.channels)}) "
                 "and fine-tune on labelled exams of this kind (docs/realdata.md)"))
         regions = {n: self.schema.regions[n] for n in self.schema.region_names(station)}
-        present = checks.one_leg(labels, regions)
+        present = case_row.pop("one_leg", None)
         if present is not None:
             add_warning(case_row, "one_leg", (
                 f"{case.case_id}: one leg in the field of view (the {present}); the other side's regions "
