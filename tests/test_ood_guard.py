@@ -164,3 +164,16 @@ def test_one_leg_exam_gets_the_warning(trained_bundle, synthetic_cohort, tmp_pat
     assert (volumes[[r for r in volumes.index if r.endswith("_left")]] == 0).all()
     seg = np.asarray(nib.load(out / row.case_id / "seg.nii.gz").dataobj)
     assert not np.isin(seg, [SCHEMA.labels[r] for r in volumes.index if r.endswith("_left")]).any()
+
+
+def test_manifest_columns_are_the_bundle_channels_in_lower_case(tmp_path):
+    from nxp2seg.inference.inputs import InputError, discover_cases
+
+    for name in ("f.nii.gz", "w.nii.gz"):
+        save_nifti(make_nifti(np.ones((4, 4, 2), np.float32), np.eye(4)), tmp_path / name)
+    (tmp_path / "dixon.csv").write_text("case_id,fat,water,station\nc1,f.nii.gz,w.nii.gz,thigh\n")
+    (case,) = discover_cases(None, manifest=tmp_path / "dixon.csv", channels=("fat", "water"))
+    assert case.t1 == tmp_path / "f.nii.gz" and case.stir == tmp_path / "w.nii.gz" and case.error is None
+    with pytest.raises(InputError, match="name the manifest's image columns fat, water"):
+        (tmp_path / "t1.csv").write_text("case_id,t1,stir\nc1,f.nii.gz,w.nii.gz\n")
+        discover_cases(None, manifest=tmp_path / "t1.csv", channels=("fat", "water"))

@@ -88,7 +88,8 @@ def predict(cfg: DictConfig) -> Any:
         torch.set_num_threads(int(cfg.num_threads))
     device = _device(str(cfg.device))  # before anything is created
     bundle = load_bundle(cfg.model)
-    cases = discover_cases(cfg.input, manifest=cfg.manifest, split=cfg.split)
+    cases = discover_cases(cfg.input, manifest=cfg.manifest, split=cfg.split,
+                           channels=tuple(c.lower() for c in bundle.preprocessing.channels))
     roots = [Path(cfg.input)] if cfg.input and Path(cfg.input).is_dir() else []
     roots += sorted({p.parent if p.is_file() else p for c in cases for p in (c.t1, c.stir) if p is not None})
     out = check_output(Path(cfg.output), roots)

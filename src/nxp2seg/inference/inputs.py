@@ -257,11 +257,18 @@ def _manifest_path(value: Any, base: Path) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
-def _manifest_cases(manifest: Path) -> list[CaseInput]:
+def _manifest_cases(manifest: Path, channels: tuple[str, str] = ("t1", "stir")) -> list[CaseInput]:
     try:
         table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
         raise InputError(f"{manifest}: cannot read the manifest as CSV ({e})") from None
+    if tuple(channels) != ("t1", "stir"):  # e.g. a Dixon bundle: columns fat, water (channels 0, 1)
+        if not set(channels) <= set(table.columns):
+            raise InputError(f"{manifest}: the model reads channels {', '.join(c.upper() for c in channels)}: "
+                             f"name the manifest's image columns {', '.join(channels)} "
+                             f"(it has {list(table.columns)})")
+        table = table.drop(columns=[c for c in ("t1", "stir") if c in table.columns])
+        table = table.rename(columns=dict(zip(channels, ("t1", "stir"))))
     need = {"case_id", "t1", "stir"}
     if not need <= set(table.columns):
         raise InputError(f"{manifest}: the manifest needs columns case_id, t1, stir "
@@ -407,8 +414,11 @@ def _dedupe(cases: list[CaseInput]) -> list[CaseInput]:
 
 
 def discover_cases(input_path: str | Path, manifest: str | Path | None = None,
-                   split: str | None = None) -> list[CaseInput]:
+                   split: str | None = None, channels: tuple[str, str] = ("t1", "stir")) -> list[CaseInput]:
     """The cases of ``input`` (cohort, NIfTI folder or DICOM folder) or of ``manifest``.
+
+    ``channels``: the model's channel names in lower case, the manifest's image
+    columns (``t1, stir``, or ``fat, water`` for a Dixon model).
 
     Raises:
         InputError: the input does not exist, is empty, or the manifest cannot be used.
@@ -417,7 +427,7 @@ def discover_cases(input_path: str | Path, manifest: str | Path | None = None,
         manifest = Path(manifest)
         if not manifest.is_file():
             raise InputError(f"manifest {manifest}: no such file")
-        cases = _manifest_cases(manifest)
+        cases = _manifest_cases(manifest, channels)
     else:
         if input_path is None or str(input_path) == "":
             raise InputError("no input: give input=PATH (a cohort, a NIfTI folder or a DICOM folder) "
@@ -427,7 +437,7 @@ def discover_cases(input_path: str | Path, manifest: str | Path | None = None,
             raise InputError(f"input {root}: no such file or folder")
         if root.is_file():
             if root.suffix.lower() == ".csv":
-                return discover_cases(None, manifest=root)
+                return discover_cases(None, manifest=root, channels=channels)
             raise InputError(f"input {root} is a file; give the folder holding the T1/STIR pairs, "
                              "or a manifest CSV")
         if (root / "dataset.json").exists() and (root / "cases.csv").exists():
