@@ -5,7 +5,7 @@ Usage (heavy: run it under the shared lock on the 2-core machine)::
 
     flock /work/coord/heavy.lock python scripts/benchmark_realdata.py \\
         --data /work/shared/realdata/huashan-thigh --out OUT \\
-        --dixon-bundle DIXON_BUNDLE [--t1stir-bundle T1STIR_BUNDLE] [--steps 200]
+        --dixon-bundle DIXON_BUNDLE [--t1stir-bundle T1STIR_BUNDLE] [--steps N]
 
 Stages (each skipped when its results are already in OUT, so a stopped run resumes):
 
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--dixon-bundle", type=Path, required=True, help="bundle pre-trained on the Dixon phantom")
     ap.add_argument("--t1stir-bundle", type=Path, default=None, help="the default T1/STIR bundle (zero-shot only)")
-    ap.add_argument("--steps", type=int, default=200, help="optimizer steps of each fine-tuning")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="optimizer steps of each training (default: experiment=finetune's, 300)")
     ap.add_argument("--scratch-lr", type=float, default=0.01)
     ap.add_argument("--skip", nargs="*", default=[], choices=["muscle", "scratch", "zeroshot"])
     args = ap.parse_args(argv)
@@ -288,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             fold = fold_cohort(cohort, out / "folds" / f"{cohort.name}_minus_{s}", s)
             run_dir = out / tag / f"fold_{s}"
             log(f"{tag}: fold {s}: training on the other two subjects")
-            bundle, secs = train(run_dir, fold, [*overrides, f"trainer.max_steps={args.steps}"],
-                                 out / "logs" / f"{tag}_{s}_train.txt")
+            steps = [f"trainer.max_steps={args.steps}"] if args.steps else []
+            bundle, secs = train(run_dir, fold, [*overrides, *steps], out / "logs" / f"{tag}_{s}_train.txt")
             pred = run_dir / "predictions"
             predict(bundle, fold, pred, out / "logs" / f"{tag}_{s}_predict.txt", split="test")
             rows.append({**score_case(pred, fold, f"H{s}_thigh"), "train_minutes": secs / 60})
