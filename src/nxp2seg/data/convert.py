@@ -335,9 +335,8 @@ def _convert_exam(ex: Exam, opts: ConvertOptions, writer: CohortWriter, mapper: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from omegaconf import OmegaConf
     from rich.console import Console
-
-    from nxp2seg.phantom.__main__ import parse_overrides
 
     console = Console(stderr=True)
     argv = sys.argv[1:] if argv is None else argv
@@ -345,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        overrides = parse_overrides(argv)
+        bad = [a for a in argv if "=" not in a or a.startswith("=")]
+        if bad:
+            raise ValueError(f"arguments must be key=value, got {bad}; e.g. spec=exams.yaml out=DIR")
+        overrides = OmegaConf.to_container(OmegaConf.from_dotlist(argv), resolve=True)
         if "spec" not in overrides:
             raise ValueError("give the spec: spec=exams.yaml (or exams.csv) out=DIR")
     except ValueError as e:
