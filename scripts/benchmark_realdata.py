@@ -24,6 +24,9 @@ Stages (each skipped when its results are already in OUT, so a stopped run resum
    swaps, muscle-level Dice, and ``fat_fraction`` from the fine-tuned
    predictions against the same estimator inside the authors' labels; the OOD
    guard's ``ood_score`` and warnings; minutes per stage.
+5. **guard on the phantom** (with ``--t1stir-bundle``): unseen phantom exams (seed
+   777) of the bundle's preset, T1/STIR and Dixon given as T1/STIR: how many
+   get ``input_unlike_training``.
 
 Writes ``OUT/summary.json`` and ``OUT/tables/*.csv``; QC pictures of every
 fold in ``OUT/qc/`` (real images: they stay out of the repository).
@@ -220,6 +223,30 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def guard_on_phantom(bundle: Path, out: Path, subjects: int) -> dict:
+    """The OOD guard of a T1/STIR phantom bundle on unseen phantom exams (seed 777, the bundle's
+    preset), T1/STIR and Dixon (the same anatomy given as T1/STIR): how many are flagged."""
+    from nxp2seg.models.bundle import load_bundle
+
+    phantom = load_bundle(bundle).config.data.get("phantom") or {}
+    preset = str(phantom.get("preset", "small"))
+    res = {}
+    for sequence in ("t1_stir", "dixon"):
+        cohort = out / "work" / f"phantom_{preset}_seed777_{sequence}"
+        if not (cohort / "dataset.json").exists():
+            run([sys.executable, "-m", "nxp2seg.phantom", f"out={cohort}", f"subjects={subjects}",
+                 f"preset={preset}", "seed=777", f"sequence={sequence}"], out / "logs" / f"phantom_{sequence}.txt")
+        pred = out / f"guard_{sequence}"
+        predict(bundle, cohort, pred, out / "logs" / f"guard_{sequence}.txt")
+        cases = pd.read_csv(pred / "cases.csv", keep_default_na=False)
+        flagged = cases["warnings"].str.contains("input_unlike_training")
+        res[sequence] = {"n_exams": len(cases), "flagged": int(flagged.sum()),
+                         "share_flagged": round(float(flagged.mean()), 4),
+                         "ood_score_median": round(float(pd.to_numeric(cases["ood_score"]).median()), 3),
+                         "ood_score_max": round(float(pd.to_numeric(cases["ood_score"]).max()), 3)}
+    return res
+
+
 def copy_qc(pred_dir: Path, dst: Path, tag: str) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for png in pred_dir.glob("*/qc.png"):
@@ -240,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps of each training (default: experiment=finetune's, 300)")
     ap.add_argument("--scratch-lr", type=float, default=0.01)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["muscle", "scratch", "zeroshot"])
+    ap.add_argument("--guard-subjects", type=int, default=10, help="unseen phantom subjects for the guard")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["muscle", "scratch", "zeroshot", "guard"])
     args = ap.parse_args(argv)
     out = args.out.resolve()
     minutes: dict[str, float] = {}
@@ -268,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             results[tag] = summarise(rows)
             copy_qc(pred, out / "qc", tag)
             log(f"{tag}: {json.dumps({k: results[tag][k] for k in ('dice_mean', 'lr_swaps')})}")
+
+    if args.t1stir_bundle is not None and "guard" not in args.skip:
+        t0 = time.perf_counter()
+        results["guard_phantom"] = guard_on_phantom(args.t1stir_bundle, out, args.guard_subjects)
+        minutes["guard_phantom"] = (time.perf_counter() - t0) / 60
+        log(f"guard on unseen phantom exams: {json.dumps(results['guard_phantom'])}")
 
     variants = [("finetune_compartment", comp, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"])]
     if muscle is not None:
