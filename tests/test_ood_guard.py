@@ -177,3 +177,12 @@ def test_manifest_columns_are_the_bundle_channels_in_lower_case(tmp_path):
     with pytest.raises(InputError, match="name the manifest's image columns fat, water"):
         (tmp_path / "t1.csv").write_text("case_id,t1,stir\nc1,f.nii.gz,w.nii.gz\n")
         discover_cases(None, manifest=tmp_path / "t1.csv", channels=("fat", "water"))
+
+
+def test_a_signature_of_two_exams_does_not_flag_a_third_of_their_kind():
+    aff = np.diag([2.0, 2.0, 6.0, 1.0])
+    two = [exam_features(*_two_tissue(3.0, 1.0, 0.2, 1.0, seed=i), aff, ["T1", "STIR"]) for i in (1, 2)]
+    sig = build_signature(two, ["T1", "STIR"])
+    assert np.all(np.diag(np.array(sig["contrast"]["covariance"])) >= 0.15**2 - 1e-12)
+    third = ood_score(sig, exam_features(*_two_tissue(3.2, 1.0, 0.22, 1.0, seed=3), aff, ["T1", "STIR"]))
+    assert not third["unlike_training"], third

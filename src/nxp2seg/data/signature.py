@@ -25,7 +25,9 @@ The score has two parts, and the exam's ``ood_score`` is the larger:
 
 * the five contrast features together: their Mahalanobis distance from the
   training cases' mean under the training covariance (Ledoit-Wolf shrinkage,
-  scikit-learn: a few dozen cases estimate a 5 x 5 covariance poorly). The
+  scikit-learn: a few dozen cases estimate a 5 x 5 covariance poorly; no
+  feature's standard deviation below 0.15, so a cohort of a few exams does
+  not make every new exam "unlike"). The
   features move together (fatty infiltration raises a T1's muscle signal
   and its spread at once), so a combination no training case showed (a
   water image's very dark fat *with* a fat image's spread) stands out even
@@ -51,6 +53,8 @@ __all__ = ["DEFAULT_THRESHOLD", "exam_features", "build_signature", "cohort_sign
 DEFAULT_THRESHOLD = 4.5
 #: Smallest robust scale of a geometry feature (log units).
 _GEOMETRY_FLOOR = 0.25
+#: Smallest standard deviation of a contrast feature (log units; Fisher z for the correlation).
+_CONTRAST_FLOOR = 0.15
 _EPS = 1e-6
 
 
@@ -121,7 +125,9 @@ def build_signature(features: Iterable[Mapping[str, float]], channels: Sequence[
     contrast = [n for n in names if _is_contrast(n)]
     x = np.array([[r[n] for n in contrast] for r in rows], float)
     cov = LedoitWolf().fit(x).covariance_ if len(rows) > 1 else np.zeros((len(contrast), len(contrast)))
-    cov = cov + np.eye(len(contrast)) * 1e-4  # a feature constant in training still has a finite scale
+    # no contrast feature varies less than _CONTRAST_FLOOR (log units) between exams of one protocol:
+    # a few training cases (a fine-tuning cohort of two) would otherwise make every new exam "unlike"
+    cov = cov + np.diag(np.maximum(_CONTRAST_FLOOR**2 - np.diag(cov), 0.0))
     return {"version": 2, "channels": list(channels), "n_cases": len(rows), "threshold": float(threshold),
             "features": table, "contrast": {"names": contrast, "mean": x.mean(axis=0).tolist(),
                                             "covariance": cov.tolist()}}
