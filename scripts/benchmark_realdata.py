@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """nxp2seg on the real thighs of ../shared/realdata/huashan-thigh (docs/realdata.md).
 
-Usage (heavy: run it under the shared lock on the 2-core machine)::
+Usage (long, 1-3 hours on 2 shared cores: run it niced, outside the locks)::
 
-    flock /work/coord/heavy.lock python scripts/benchmark_realdata.py \\
+    nice -n 10 python scripts/benchmark_realdata.py \\
         --data /work/shared/realdata/huashan-thigh --out OUT \\
         --dixon-bundle DIXON_BUNDLE [--t1stir-bundle T1STIR_BUNDLE] [--steps N]
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -247,6 +248,18 @@ def guard_on_phantom(bundle: Path, out: Path, subjects: int) -> dict:
     return res
 
 
+def fat_fraction_summary(rows: list[dict], tables: Path) -> dict:
+    ff = pd.DataFrame(rows)
+    ff["abs_error"] = (ff["fat_fraction_predicted"] - ff["fat_fraction_truth"]).abs()
+    ff.to_csv(tables / "fat_fraction.csv", index=False)
+    return {
+        "n_regions": len(ff), "within_0.05": int((ff["abs_error"] <= 0.05).sum()),
+        "share_within_0.05": round(float((ff["abs_error"] <= 0.05).mean()), 4),
+        "mean_abs_error": round(float(ff["abs_error"].mean()), 4),
+        "max_abs_error": round(float(ff["abs_error"].max()), 4),
+    }
+
+
 def copy_qc(pred_dir: Path, dst: Path, tag: str) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for png in pred_dir.glob("*/qc.png"):
@@ -296,12 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             results[tag] = summarise(rows)
             copy_qc(pred, out / "qc", tag)
             log(f"{tag}: {json.dumps({k: results[tag][k] for k in ('dice_mean', 'lr_swaps')})}")
-
-    if args.t1stir_bundle is not None and "guard" not in args.skip:
-        t0 = time.perf_counter()
-        results["guard_phantom"] = guard_on_phantom(args.t1stir_bundle, out, args.guard_subjects)
-        minutes["guard_phantom"] = (time.perf_counter() - t0) / 60
-        log(f"guard on unseen phantom exams: {json.dumps(results['guard_phantom'])}")
+            write_summary(out, results, minutes, args)
 
     variants = [("finetune_compartment", comp, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"])]
     if muscle is not None:
@@ -335,24 +343,29 @@ def main(argv: list[str] | None = None) -> int:
         minutes[tag] = (time.perf_counter() - t0) / 60
         pd.DataFrame(rows).to_csv(tables / f"{tag}.csv", index=False)
         results[tag] = summarise(rows)
-    if ff_rows:
-        ff = pd.DataFrame(ff_rows)
-        ff["abs_error"] = (ff["fat_fraction_predicted"] - ff["fat_fraction_truth"]).abs()
-        ff.to_csv(tables / "fat_fraction.csv", index=False)
-        results["fat_fraction"] = {
-            "n_regions": len(ff), "within_0.05": int((ff["abs_error"] <= 0.05).sum()),
-            "share_within_0.05": round(float((ff["abs_error"] <= 0.05).mean()), 4),
-            "mean_abs_error": round(float(ff["abs_error"].mean()), 4),
-            "max_abs_error": round(float(ff["abs_error"].max()), 4),
-        }
+        if ff_rows and "fat_fraction" not in results:
+            results["fat_fraction"] = fat_fraction_summary(ff_rows, tables)
+        write_summary(out, results, minutes, args)
+    if args.t1stir_bundle is not None and "guard" not in args.skip:
+        t0 = time.perf_counter()
+        results["guard_phantom"] = guard_on_phantom(args.t1stir_bundle, out, args.guard_subjects)
+        minutes["guard_phantom"] = (time.perf_counter() - t0) / 60
+        log(f"guard on unseen phantom exams: {json.dumps(results['guard_phantom'])}")
     minutes["total"] = (time.perf_counter() - t_all) / 60
+    print(json.dumps(write_summary(out, results, minutes, args), indent=2))
+    return 0
+
+
+def write_summary(out: Path, results: dict, minutes: dict, args: argparse.Namespace) -> dict:
+    """``OUT/summary.json`` as it stands (written after every stage: a stopped run keeps its figures)."""
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = {"results": results, "minutes": {k: round(v, 2) for k, v in minutes.items()},
+               "cpu_minutes_children": round((cpu.ru_utime + cpu.ru_stime) / 60, 2),
                "steps": args.steps, "dixon_bundle": str(args.dixon_bundle),
                "t1stir_bundle": str(args.t1stir_bundle) if args.t1stir_bundle else None,
                "cpu_count": os.cpu_count()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
