@@ -203,7 +203,7 @@ def test_readers_wide_sheet_becomes_grades_csv(source, tmp_path):
 
 
 def test_dicom_series_folders_convert(source, tmp_path):
-    from nxp2seg.inference.dicom import write_series
+    from nxp2seg.phantom.dicom_export import write_series
 
     exams = pd.read_csv(source / "exams.csv").iloc[:1].copy()
     for i, col in enumerate(("fat", "water")):

@@ -175,7 +175,8 @@ def _exams(rows: list[dict[str, Any]], opts: ConvertOptions, where: Path) -> tup
 def read_image(path: Path, where: str) -> nib.Nifti1Image:
     """A NIfTI file, another ITK format (NRRD, MHA) or a DICOM series folder, as a NIfTI image."""
     if path.is_dir():
-        from nxp2seg.inference.dicom import DicomError, check_series, find_series, read_series
+        from nxp2seg.inference.dicom_headers import DicomError
+        from nxp2seg.inference.dicom_series import check_series, find_series, read_series
 
         try:
             series = find_series(path)
