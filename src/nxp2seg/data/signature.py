@@ -26,7 +26,7 @@ The score has two parts, and the exam's ``ood_score`` is the larger:
 * the five contrast features together: their Mahalanobis distance from the
   training cases' mean under the training covariance (Ledoit-Wolf shrinkage,
   scikit-learn: a few dozen cases estimate a 5 x 5 covariance poorly; no
-  feature's standard deviation below 0.15, so a cohort of a few exams does
+  direction's standard deviation below 0.15, so a cohort of a few exams does
   not make every new exam "unlike"). The
   features move together (fatty infiltration raises a T1's muscle signal
   and its spread at once), so a combination no training case showed (a
@@ -125,9 +125,11 @@ def build_signature(features: Iterable[Mapping[str, float]], channels: Sequence[
     contrast = [n for n in names if _is_contrast(n)]
     x = np.array([[r[n] for n in contrast] for r in rows], float)
     cov = LedoitWolf().fit(x).covariance_ if len(rows) > 1 else np.zeros((len(contrast), len(contrast)))
-    # no contrast feature varies less than _CONTRAST_FLOOR (log units) between exams of one protocol:
-    # a few training cases (a fine-tuning cohort of two) would otherwise make every new exam "unlike"
-    cov = cov + np.diag(np.maximum(_CONTRAST_FLOOR**2 - np.diag(cov), 0.0))
+    # no direction of the contrast features varies less than _CONTRAST_FLOOR (log units) between
+    # exams of one protocol: a few training cases (a fine-tuning cohort of two gives a covariance
+    # of rank one) would otherwise make every new exam "unlike"
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    cov = (vectors * np.maximum(values, _CONTRAST_FLOOR**2)) @ vectors.T
     return {"version": 2, "channels": list(channels), "n_cases": len(rows), "threshold": float(threshold),
             "features": table, "contrast": {"names": contrast, "mean": x.mean(axis=0).tolist(),
                                             "covariance": cov.tolist()}}
@@ -151,7 +153,7 @@ def ood_score(signature: Mapping[str, Any], features: Mapping[str, float] | None
             z[name] = abs(float(features[name]) - ref["median"]) / max(ref["scale"], _EPS)
     c = signature["contrast"]
     d = np.array([features[n] for n in c["names"]], float) - np.asarray(c["mean"], float)
-    distance = float(np.sqrt(d @ np.linalg.solve(np.asarray(c["covariance"], float), d)))
+    distance = float(np.sqrt(max(float(d @ np.linalg.pinv(np.asarray(c["covariance"], float)) @ d), 0.0)))
     parts = {"contrast": distance, **{n: v for n, v in z.items() if not _is_contrast(n)}}
     worst = max(parts, key=parts.get)
     score = float(parts[worst])
