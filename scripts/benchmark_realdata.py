@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t1stir-bundle", type=Path, default=None, help="the default T1/STIR bundle (zero-shot only)")
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps of each training (default: experiment=finetune's, 300)")
+    ap.add_argument("--patches", type=int, default=None,
+                    help="patches per volume per step (default: experiment=finetune's, 2)")
     ap.add_argument("--scratch-lr", type=float, default=0.01)
     ap.add_argument("--guard-subjects", type=int, default=10, help="unseen phantom subjects for the guard")
     ap.add_argument("--skip", nargs="*", default=[], choices=["muscle", "scratch", "zeroshot", "guard"])
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / tag / f"fold_{s}"
             log(f"{tag}: fold {s}: training on the other two subjects")
             steps = [f"trainer.max_steps={args.steps}"] if args.steps else []
+            steps += [f"data.sampling.num_samples={args.patches}"] if args.patches else []
             bundle, secs = train(run_dir, fold, [*overrides, *steps], out / "logs" / f"{tag}_{s}_train.txt")
             pred = run_dir / "predictions"
             predict(bundle, fold, pred, out / "logs" / f"{tag}_{s}_predict.txt", split="test")
@@ -361,7 +364,7 @@ def write_summary(out: Path, results: dict, minutes: dict, args: argparse.Namesp
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = {"results": results, "minutes": {k: round(v, 2) for k, v in minutes.items()},
                "cpu_minutes_children": round((cpu.ru_utime + cpu.ru_stime) / 60, 2),
-               "steps": args.steps, "dixon_bundle": str(args.dixon_bundle),
+               "steps": args.steps, "patches": args.patches, "dixon_bundle": str(args.dixon_bundle),
                "t1stir_bundle": str(args.t1stir_bundle) if args.t1stir_bundle else None,
                "cpu_count": os.cpu_count()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
