@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 
-from nxp2seg.inference.dicom_headers import DicomError, acquisition_of
-from nxp2seg.inference.dicom_roles import classify
+from nxp2seg.data.dicom_headers import DicomError, acquisition_of
+from nxp2seg.data.dicom_roles import classify
 from nxp2seg.inference.dicom_seg import EmptySegmentation, write_dicom_seg
-from nxp2seg.inference.dicom_series import (
+from nxp2seg.data.dicom_series import (
     SeriesInfo,
     check_series,
     find_series,

@@ -21,11 +21,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from nxp2seg.inference.dicom_headers import Acquisition, scan_folder
-from nxp2seg.inference.dicom_roles import classify
+from nxp2seg.data.dicom_headers import Acquisition, scan_folder
+from nxp2seg.data.dicom_roles import classify
 from nxp2seg.inference.dicom_seg import write_dicom_seg
 from nxp2seg.inference.dicom_select import select_exams
-from nxp2seg.inference.dicom_series import (
+from nxp2seg.data.dicom_series import (
     check_series,
     find_series,
     group_series,
@@ -444,7 +444,7 @@ def test_group_series_of_a_scan_matches_find_series(tmp_path):
 
 
 def test_duplicate_slices_are_named_with_their_folders(tmp_path):
-    from nxp2seg.inference.dicom_headers import DicomError
+    from nxp2seg.data.dicom_headers import DicomError
 
     _vendor("MR_small.dcm", tmp_path / "exam" / "a", uid_seed="same")
     _vendor("MR_small.dcm", tmp_path / "exam" / "b", uid_seed="same")  # the same series exported twice

@@ -47,6 +47,8 @@ from nxp2seg.data.convert_labels import AliasTable, LabelTableError, read_label_
 from nxp2seg.data.convert_readers import ReadersSheetError, read_readers_sheet
 from nxp2seg.data.convert_schema import LabelMapper, build_schema
 from nxp2seg.data.convert_sides import SideSplitError
+from nxp2seg.data.dicom_headers import DicomError
+from nxp2seg.data.dicom_series import check_series, find_series, read_series
 from nxp2seg.data.schema import STATIONS, get_grade_scale
 from nxp2seg.io import make_nifti
 
@@ -175,9 +177,6 @@ def _exams(rows: list[dict[str, Any]], opts: ConvertOptions, where: Path) -> tup
 def read_image(path: Path, where: str) -> nib.Nifti1Image:
     """A NIfTI file, another ITK format (NRRD, MHA) or a DICOM series folder, as a NIfTI image."""
     if path.is_dir():
-        from nxp2seg.inference.dicom_headers import DicomError
-        from nxp2seg.inference.dicom_series import check_series, find_series, read_series
-
         try:
             series = find_series(path)
             if len(series) != 1:

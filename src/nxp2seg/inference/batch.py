@@ -23,7 +23,7 @@ from typing import Any
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from nxp2seg.data.case_ids import is_safe_case_id
-from nxp2seg.inference.dicom_headers import DicomError
+from nxp2seg.data.dicom_headers import DicomError
 from nxp2seg.inference.dicom_seg import EmptySegmentation, write_dicom_seg
 from nxp2seg.inference.dicom_select import describe
 from nxp2seg.inference.inputs import CaseInput, private_text

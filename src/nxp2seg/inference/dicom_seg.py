@@ -3,7 +3,7 @@
 :func:`write_dicom_seg` writes a binary Segmentation (highdicom) whose frames
 lie exactly where the label map's slices lie: on the source frames for an
 evenly spaced stack (each SEG frame then references its source image), on the
-even grid of :func:`~nxp2seg.inference.dicom_series.read_series` for an
+even grid of :func:`~nxp2seg.data.dicom_series.read_series` for an
 unevenly spaced one (the grid ``seg.nii.gz`` is on), so that ``seg.nii.gz`` and
 ``seg.dcm`` agree in world space.
 
@@ -41,8 +41,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from nxp2seg.data.schema import MUSCLES
-from nxp2seg.inference.dicom_headers import DicomError, load_dataset
-from nxp2seg.inference.dicom_series import SeriesInfo, read_series_grid, slice_spacing
+from nxp2seg.data.dicom_headers import DicomError, load_dataset
+from nxp2seg.data.dicom_series import SeriesInfo, read_series_grid, slice_spacing
 from nxp2seg.io import atomic_write_bytes
 
 __all__ = ["SEG_ATTRIBUTES", "EmptySegmentation", "write_dicom_seg"]
@@ -76,7 +76,7 @@ def write_dicom_seg(
     """Write a label map as a binary DICOM SEG on its source stack (atomically).
 
     Args:
-        labels: on the grid :func:`~nxp2seg.inference.dicom_series.read_series`
+        labels: on the grid :func:`~nxp2seg.data.dicom_series.read_series`
             returns for ``series``, ``(column, row, slice)``.
         series: the source T1 stack.
         segment_names: label value -> name; one segment per named value > 0

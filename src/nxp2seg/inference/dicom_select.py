@@ -1,7 +1,7 @@
 """Exams from DICOM stacks, grouped the way a reader would: study, then station, then role.
 
 :func:`select_exams` turns the stacks of a folder
-(:func:`~nxp2seg.inference.dicom_series.find_series`) into :class:`Exam` s:
+(:func:`~nxp2seg.data.dicom_series.find_series`) into :class:`Exam` s:
 
 1. **study**: StudyInstanceUID;
 2. **station**: the study's axial T1 and STIR candidates are clustered by the
@@ -13,13 +13,13 @@
    description is a hint, which the positions overrule with the warning
    ``body_part_overruled``. ``LEG``, ``EXTREMITY``, ``LOWER LIMB`` say only
    "lower limb": a lone station with those is left for the network to tell;
-3. **role** (:func:`~nxp2seg.inference.dicom_roles.classify`: parameters
+3. **role** (:func:`~nxp2seg.data.dicom_roles.classify`: parameters
    first, then the description). Non-axial stacks, localizers, Dixon images,
    fat-suppressed or contrast-enhanced T1 and other weightings are not used,
    each with its reason;
 4. **repeats**: a station with several T1 (or STIR) candidates takes the
    latest complete one (SeriesDate/SeriesTime, then SeriesNumber; complete =
-   it passes :func:`~nxp2seg.inference.dicom_series.check_series`), with the
+   it passes :func:`~nxp2seg.data.dicom_series.check_series`), with the
    warning ``series_repeated``.
 
 When a station lacks a T1 or a STIR, its :class:`Exam` has an error that lists
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nxp2seg.inference.dicom_headers import DicomError
-from nxp2seg.inference.dicom_series import SeriesInfo, check_series
+from nxp2seg.data.dicom_headers import DicomError
+from nxp2seg.data.dicom_series import SeriesInfo, check_series
 
 __all__ = ["Exam", "describe", "pick_series", "select_exams", "study_key"]
 
@@ -79,7 +79,7 @@ class Exam:
 
     @property
     def subject_id(self) -> str:
-        """``P{patient digest}`` (:func:`~nxp2seg.inference.dicom_headers.patient_key`), else the study's."""
+        """``P{patient digest}`` (:func:`~nxp2seg.data.dicom_headers.patient_key`), else the study's."""
         return f"P{self.patient}" if self.patient else f"S{study_key(self.study_uid)}"
 
 

@@ -13,7 +13,7 @@ Input kinds (``input=PATH``, optionally ``manifest=CSV``):
   station``; ``t1``/``stir`` are NIfTI files or DICOM series folders, relative
   to the manifest's folder or absolute.
 * **folder** -- every file under it is looked at once
-  (:func:`~nxp2seg.inference.dicom_headers.scan_folder`); NIfTI and DICOM
+  (:func:`~nxp2seg.data.dicom_headers.scan_folder`); NIfTI and DICOM
   exams in one folder are each handled as what they are. NIfTI files
   (``*.nii``/``*.nii.gz``) are paired by name (:func:`pair_nifti_files`):
 
@@ -62,9 +62,9 @@ import pandas as pd
 
 from nxp2seg.data.case_ids import CASE_ID_RULE, is_safe_case_id
 from nxp2seg.data.schema import STATIONS
-from nxp2seg.inference.dicom_headers import DicomError, Scan, scan_folder
+from nxp2seg.data.dicom_headers import DicomError, Scan, scan_folder
 from nxp2seg.inference.dicom_select import Exam, describe, pick_series, select_exams
-from nxp2seg.inference.dicom_series import SeriesInfo, check_series, group_series, slice_spacing
+from nxp2seg.data.dicom_series import SeriesInfo, check_series, group_series, slice_spacing
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -95,7 +95,7 @@ class CaseInput:
     """One exam (one station) to predict.
 
     ``t1``/``stir`` are NIfTI files or DICOM series folders; ``t1_series`` /
-    ``stir_series`` hold the :class:`~nxp2seg.inference.dicom_series.SeriesInfo`
+    ``stir_series`` hold the :class:`~nxp2seg.data.dicom_series.SeriesInfo`
     of DICOM input. ``error`` set = the case is reported failed without running;
     ``skip`` set = it is listed ``skipped`` with that reason. ``root`` is the
     input folder and ``folder`` the exam's own folder: paths written to the

@@ -3,7 +3,7 @@
 NIfTI files are checked from the header first (dimensions, voxel count, data
 type, an axial T1), then the voxels (finite, not constant), then the pair
 (the STIR covers the T1's field of view); DICOM series are read exactly
-(:mod:`nxp2seg.inference.dicom_series`) and written to NIfTI in a work folder. The
+(:mod:`nxp2seg.data.dicom_series`) and written to NIfTI in a work folder. The
 rules are :mod:`nxp2seg.data.images`' (``verify`` applies the same ones)
 under :data:`~nxp2seg.data.images.PREDICT_POLICY`; every refusal is a
 :class:`CaseError` naming the case, the file and what to do.
@@ -28,8 +28,8 @@ from nxp2seg.data.images import (
     nonfinite_count,
     spatial_shape,
 )
-from nxp2seg.inference.dicom_headers import DicomError
-from nxp2seg.inference.dicom_series import check_series, read_series
+from nxp2seg.data.dicom_headers import DicomError
+from nxp2seg.data.dicom_series import check_series, read_series
 from nxp2seg.inference.inputs import CaseInput
 
 __all__ = ["MAX_VOXELS", "CaseError", "image_data", "load_case_images"]

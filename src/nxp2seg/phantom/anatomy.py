@@ -23,24 +23,10 @@ from typing import Any
 import numpy as np
 
 from nxp2seg.data.schema import COMPARTMENTS, MUSCLES, SIDES
+from nxp2seg.phantom.pelvis import evaluate_pelvis
+from nxp2seg.phantom.tissues import Tissue
 
 __all__ = ["Tissue", "LegParams", "sample_leg_params", "evaluate_leg", "StationAnatomy"]
-
-
-class Tissue:
-    """Tissue classes of the phantom (contrast is assigned per class)."""
-
-    AIR = 0
-    SKIN = 1
-    FAT = 2  # subcutaneous fat
-    FASCIA = 3
-    MUSCLE = 4
-    SEPTUM = 5  # intermuscular septum between compartments, interosseous membrane
-    CORTEX = 6
-    MARROW = 7
-    VESSEL = 8
-    FLUID = 9  # bladder (pelvic slices only)
-    N = 10  # number of classes (contrast tables have this many entries)
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -462,7 +448,6 @@ class StationAnatomy:
 
     def _evaluate_pelvis(self, x, y, z, mid: float, out: dict[str, np.ndarray]) -> None:
         """Points above the thigh slab (z > z_top) are the pelvis's (:mod:`nxp2seg.phantom.pelvis`)."""
-        from nxp2seg.phantom.pelvis import evaluate_pelvis
 
         sel = np.asarray(z) > self.z_top
         if not sel.any():

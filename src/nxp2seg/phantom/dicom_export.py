@@ -6,7 +6,7 @@ MR multi-frame object (each image a stack, with per-frame position and
 orientation in the functional groups, as Philips and Siemens XA scanners
 export). Used by the tests and by ``scripts/predict_consistency.py`` /
 ``scripts/dicom_acceptance.py``; prediction only reads DICOM
-(:mod:`nxp2seg.inference.dicom_series`).
+(:mod:`nxp2seg.data.dicom_series`).
 """
 
 from __future__ import annotations

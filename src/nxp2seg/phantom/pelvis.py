@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nxp2seg.phantom.tissues import Tissue
+
 __all__ = ["PelvisParams", "sample_pelvis", "evaluate_pelvis"]
 
 
@@ -61,10 +63,9 @@ def evaluate_pelvis(p: PelvisParams, x: np.ndarray, y: np.ndarray, depth_above: 
             shrink and the sacrum grows with it.
 
     Returns:
-        ``tissue`` (:class:`~nxp2seg.phantom.anatomy.Tissue` values), ``deep_fat``
+        ``tissue`` (:class:`~nxp2seg.phantom.tissues.Tissue` values), ``deep_fat``
         (fat inside the pelvis, not subcutaneous).
     """
-    from nxp2seg.phantom.anatomy import Tissue
 
     u, v = (x - p.cx) / p.half_width, (y - p.cy) / p.half_depth
     r = (np.abs(u) ** 3 + np.abs(v) ** 3) ** (1 / 3)  # rounded box

@@ -1,7 +1,7 @@
 """DICOM series: frames grouped into stacks, checked, and read with exact geometry.
 
 :func:`find_series` groups the frames of every image under a folder
-(:mod:`nxp2seg.inference.dicom_headers`) into :class:`SeriesInfo` stacks: one
+(:mod:`nxp2seg.data.dicom_headers`) into :class:`SeriesInfo` stacks: one
 per SeriesInstanceUID, split further where frames cannot form one volume
 (several orientations or sizes in one series, the stacks of a multi-frame
 object, echoes or frame types at the same positions, or two table positions
@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 
-from nxp2seg.inference.dicom_headers import (
+from nxp2seg.data.dicom_headers import (
     Acquisition,
     DicomError,
     Frame,
@@ -49,8 +49,8 @@ from nxp2seg.inference.dicom_headers import (
     patient_key,
     scan_folder,
 )
-from nxp2seg.inference.dicom_pixels import stack_pixels
-from nxp2seg.inference.dicom_roles import classify, plane_of
+from nxp2seg.data.dicom_pixels import stack_pixels
+from nxp2seg.data.dicom_roles import classify, plane_of
 from nxp2seg.io import make_nifti
 
 __all__ = [
@@ -90,16 +90,16 @@ class SeriesInfo:
         description: SeriesDescription, else ProtocolName, else ``""``.
         modality: Modality (``"MR"``).
         role: ``"t1"``, ``"stir"`` or ``None``; ``role_reason`` says why
-            (:func:`~nxp2seg.inference.dicom_roles.classify`).
+            (:func:`~nxp2seg.data.dicom_roles.classify`).
         rows, columns: the frames' size; n_slices: number of frames.
         body_part: BodyPartExamined, upper-case, or ``""``.
         folder: the deepest folder holding all of the files.
         series_number: SeriesNumber (``None`` if absent).
         plane: ``axial``, ``coronal`` or ``sagittal``.
         stack: what tells this stack from others of its series (``""`` if alone).
-        acquisition: the :class:`~nxp2seg.inference.dicom_headers.Acquisition`.
+        acquisition: the :class:`~nxp2seg.data.dicom_headers.Acquisition`.
         time: SeriesDate+SeriesTime (else acquisition or content), for "the latest".
-        patient: :func:`~nxp2seg.inference.dicom_headers.patient_key` (a digest).
+        patient: :func:`~nxp2seg.data.dicom_headers.patient_key` (a digest).
         multiframe: the frames come from multi-frame objects.
     """
 
@@ -154,7 +154,7 @@ def find_series(folder: Path) -> list[SeriesInfo]:
 
 
 def group_series(scan: Scan) -> list[SeriesInfo]:
-    """The stacks of a :class:`~nxp2seg.inference.dicom_headers.Scan`, ordered by folder,
+    """The stacks of a :class:`~nxp2seg.data.dicom_headers.Scan`, ordered by folder,
     series number, description and UID."""
     groups: dict[tuple, list[tuple[Frame, Dataset]]] = defaultdict(list)
     for path, ds in scan.images:

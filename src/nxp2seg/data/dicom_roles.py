@@ -1,7 +1,7 @@
 """What a DICOM series is for nxp2seg: its plane and its role (T1, STIR or neither), with the reason.
 
 :func:`classify` reads the acquisition parameters first and the description
-after, the way a reader does (:class:`~nxp2seg.inference.dicom_headers.Acquisition`:
+after, the way a reader does (:class:`~nxp2seg.data.dicom_headers.Acquisition`:
 ScanningSequence, SequenceVariant, InversionTime, TR, TE, fat suppression; the
 text is SeriesDescription, ProtocolName, SequenceName and PulseSequenceName,
 matched without regard to case). The first rule that decides wins:
@@ -41,7 +41,7 @@ import re
 import numpy as np
 
 from nxp2seg.data.images import MAX_AXIAL_TILT_DEG
-from nxp2seg.inference.dicom_headers import Acquisition
+from nxp2seg.data.dicom_headers import Acquisition
 
 __all__ = ["STIR_TI_MS", "classify", "plane_of"]
 #: Inversion times (ms) that null fat at 0.2-3 T: an inversion recovery inside is a STIR.

@@ -4,7 +4,7 @@ Single-frame Part-10 files go through SimpleITK (GDCM decodes every standard
 codec; its per-slice notes on stderr are silenced); anything else
 (multi-frame objects, files without preamble, gzipped files) through pydicom,
 which also takes over when SimpleITK fails. The geometry is not read here:
-:func:`~nxp2seg.inference.dicom_series.read_series` builds it from the frames.
+:func:`~nxp2seg.data.dicom_series.read_series` builds it from the frames.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nxp2seg.inference.dicom_headers import DicomError, load_dataset
+from nxp2seg.data.dicom_headers import DicomError, load_dataset
 
 __all__ = ["stack_pixels"]
 
