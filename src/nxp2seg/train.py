@@ -275,19 +275,6 @@ def setup_run(cfg: DictConfig) -> Path:
     return output_dir
 
 
-def fine_tune_start(cfg: DictConfig) -> Any:
-    """``model.init_from``: the bundle to start from (:class:`~nxp2seg.models.finetune.FineTuneStart`),
-    or ``None``; the path stays in the config the bundle records (``init_from``)."""
-    from nxp2seg.models.finetune import FineTuneStart, pop_init_from
-
-    init_from = pop_init_from(cfg)
-    if init_from is None:
-        return None
-    with open_dict(cfg):
-        cfg.init_from = init_from
-    return FineTuneStart.load(init_from)
-
-
 def setup_data(cfg: DictConfig, start: Any = None) -> Any:
     """The data module of ``cfg.data``: cohort prepared (the phantom generated once), split by
     subject, preprocessing planned (fine-tuning: the ``start`` bundle's preprocessing). The
@@ -326,8 +313,11 @@ def fit_segmenter(cfg: DictConfig, datamodule: Any, start: Any = None) -> Segmen
         net, net_spec = start.build_network(datamodule.num_classes, datamodule.schema)
     else:
         net, net_spec = build_network(cfg, datamodule)
+    model_cfg = cfg.model.copy()  # init_from is read by fine_tune_start, not by the module
+    with open_dict(model_cfg):
+        model_cfg.pop("init_from", None)
     model = hydra.utils.instantiate(
-        cfg.model,
+        model_cfg,
         net=net,
         region_labels=datamodule.region_labels(),
         mean_regions=list(datamodule.schema.regions),
@@ -468,8 +458,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ``None``), ``graded`` (the exported :class:`~nxp2seg.models.myositis.GradingNet`, or the
         segmenter).
     """
+    from nxp2seg.models.finetune import fine_tune_start
+
     output_dir = setup_run(cfg)
-    start = fine_tune_start(cfg)
+    start = fine_tune_start(cfg)  # model.init_from: the bundle to fine-tune from, or None
     datamodule = setup_data(cfg, start)
     fit = fit_segmenter(cfg, datamodule, start)
     grading = fit_grading_head(cfg, datamodule, fit)

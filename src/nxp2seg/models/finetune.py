@@ -32,7 +32,7 @@ from torch import nn
 
 from nxp2seg.models.bundle import Bundle, BundleError, load_bundle
 
-__all__ = ["FineTuneError", "FineTuneStart", "pop_init_from", "without_val_monitors"]
+__all__ = ["FineTuneError", "FineTuneStart", "fine_tune_start", "pop_init_from", "without_val_monitors"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,17 @@ def pop_init_from(cfg: DictConfig) -> str | None:
     with open_dict(cfg):
         value = cfg.model.pop("init_from")
     return None if value in (None, "", "null") else str(value)
+
+
+def fine_tune_start(cfg: DictConfig) -> FineTuneStart | None:
+    """``model.init_from``: the bundle to start from, or ``None``; the path moves to the
+    config's top level (``init_from``), which the bundle records."""
+    init_from = pop_init_from(cfg)
+    if init_from is None:
+        return None
+    with open_dict(cfg):
+        cfg.init_from = init_from
+    return FineTuneStart.load(init_from)
 
 
 @dataclass
