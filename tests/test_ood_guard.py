@@ -136,6 +136,7 @@ def test_predict_writes_ood_score_and_flags_dixon_given_to_a_t1_stir_bundle(trai
     assert report["ood_score"] > bundle.signature["threshold"] and report["ood"]["feature"]
     assert "input_unlike_training" in report["warning_messages"]
     assert np.isfinite(same.ood_score).all() and (same.ood_score < bundle.signature["threshold"]).all()
+    assert np.isfinite(pd.read_csv(out / "same" / "regions.csv").edema_fraction).all()  # STIR: measured
 
 
 def test_one_leg_exam_gets_the_warning(trained_bundle, synthetic_cohort, tmp_path):
@@ -187,3 +188,49 @@ def test_a_signature_of_two_exams_does_not_flag_a_third_of_their_kind():
     assert np.linalg.eigvalsh(np.array(sig["contrast"]["covariance"])).min() >= 0.15**2 - 1e-9
     third = ood_score(sig, exam_features(*_two_tissue(3.2, 1.0, 0.22, 1.0, seed=3), aff, ["T1", "STIR"]))
     assert not third["unlike_training"], third
+
+
+def _as_dixon_bundle(src: Path, dst: Path) -> Path:
+    """The segmentation-only bundle ``src`` written again as a Dixon model (channels FAT, WATER)."""
+    import dataclasses
+
+    from nxp2seg.models.bundle import write_bundle
+
+    b = load_bundle(src)
+    return write_bundle(dst, b.build_model("cpu"), config=b.config,
+                        dataset=dataclasses.replace(b.dataset, channel_names={"0": "FAT", "1": "WATER"}),
+                        preprocessing=dataclasses.replace(b.preprocessing, channels=("FAT", "WATER")),
+                        validation=b.validation, network=b.manifest["network"])
+
+
+def test_dixon_bundle_measures_no_edema_on_the_water_image(trained_bundle, synthetic_cohort, tmp_path):
+    """A Dixon model that never learnt edema: no edema_fraction, no red edema on qc.png, rows named
+    FAT / WATER (the water image is not STIR; found on the real thighs, docs/realdata.md)."""
+    from PIL import Image
+
+    from nxp2seg.predict import main
+
+    dixon = _as_dixon_bundle(trained_bundle, tmp_path / "dixon_bundle")
+    out = tmp_path / "out"
+    assert main([f"model={dixon}", f"input={synthetic_cohort}", "split=test", f"output={out}",
+                 "progress=false"]) == 0
+    regions = pd.read_csv(out / "regions.csv")
+    assert regions.volume_ml.gt(0).any() and regions.edema_fraction.isna().all()
+    assert regions.fat_fraction.between(0, 1).any()
+    for png in out.glob("*/qc.png"):
+        rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        lower = rgb[rgb.shape[0] // 2 + 20:]  # the water row: red is edema there
+        assert not ((lower[..., 0] - lower[..., 1:].max(axis=-1)) > 100).any(), png
+
+
+def test_qc_rows_are_named_by_the_bundle_channels(tmp_path):
+    from nxp2seg.inference.writers import write_qc
+
+    rng = np.random.default_rng(0)
+    img = rng.random((24, 24, 3)).astype(np.float32)
+    labels = np.zeros((24, 24, 3), np.uint8)
+    labels[6:12, 6:12] = SCHEMA.labels["thigh_anterior_right"]
+    args = (img, img, labels, np.zeros(labels.shape, bool), np.eye(4), SCHEMA, "t")
+    a = write_qc(tmp_path / "a.png", *args).read_bytes()
+    assert write_qc(tmp_path / "b.png", *args, channels=("T1", "STIR")).read_bytes() == a
+    assert write_qc(tmp_path / "c.png", *args, channels=("FAT", "WATER")).read_bytes() != a

@@ -202,7 +202,7 @@ def predict_one(predictor: Predictor, case: CaseInput, out: Path, *, qc: bool = 
                 title += "  WARNING: " + ", ".join(pred.case["warnings"])
             written.append(d / "qc.png")
             write_qc(d / "qc.png", t1.get_fdata(dtype="float32"), pred.stir_native, pred.labels,
-                     pred.edema, t1.affine, predictor.schema, title)
+                     pred.edema, t1.affine, predictor.schema, title, channels=predictor.prep.channels)
             files.append("qc.png")
         report = case_report(pred, time.perf_counter() - t0, files, model_info or {})
         report["inputs"] = _inputs_of(case)

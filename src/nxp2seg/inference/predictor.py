@@ -183,6 +183,17 @@ class Predictor:
     def has_grading(self) -> bool:
         return self.model.grader is not None
 
+    @property
+    def measures_edema(self) -> bool:
+        """Whether ``edema_fraction`` (and the red edema of ``qc.png``) is measured: always on STIR;
+        on a Dixon water image only by a grader whose cohort had edema grades (the estimator reads
+        STIR hyperintensity; a water image is not STIR, and nothing calibrated it there)."""
+        from nxp2seg.inference.exam_checks import is_dixon
+
+        if not is_dixon(self.prep.channels):
+            return True
+        return self.has_grading and int((self.bundle.signature or {}).get("edema_graded_cases", 0)) > 0
+
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
@@ -273,7 +284,10 @@ class Predictor:
         muscle = np.isin(labels, [v for r in region_names for v in self.schema.regions[r].labels])
         fat = np.isin(labels, [self.schema.labels[s] for s in ("subcutaneous_right", "subcutaneous_left")
                                if s in self.schema.labels])
-        edema, stir_ref = edema_map(stir_native, t1_native, muscle, fat, self.model.grader, t1_img.affine)
+        if self.measures_edema:
+            edema, stir_ref = edema_map(stir_native, t1_native, muscle, fat, self.model.grader, t1_img.affine)
+        else:  # Dixon water without a grader that learnt edema on it: no edema measured
+            edema, stir_ref = np.zeros(labels.shape, bool), float("nan")
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
         present = self._one_leg(labels, station, t1_img.affine)
         if present is not None:  # one leg: what the network called the other side is this leg's
@@ -364,7 +378,7 @@ class Predictor:
                 "fascial_edema_prob": float("nan"), "subcutaneous_edema_prob": float("nan"),
                 "fascial_edema": None, "subcutaneous_edema": None,
                 "volume_ml": n * voxel_ml,
-                "edema_fraction": float(edema[mask].mean()) if n else float("nan"),
+                "edema_fraction": float(edema[mask].mean()) if n and self.measures_edema else float("nan"),
             }
             if grades is not None:
                 e = float(grades["edema"][r])

@@ -228,8 +228,11 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 
 def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, edema: np.ndarray,
-             affine: np.ndarray, schema: LabelSchema, title: str, n_slices: int = 3) -> Path:
+             affine: np.ndarray, schema: LabelSchema, title: str, n_slices: int = 3,
+             channels: Sequence[str] = ("T1", "STIR")) -> Path:
     """Axial slices of T1 (segmentation filled and outlined) and STIR (edema in red), radiological view.
+
+    ``channels``: the names the two rows are labelled with, the bundle's (``FAT``, ``WATER`` for Dixon).
 
     The arrays are reoriented to RAS first, so every picture shows the patient's
     right on the viewer's left (marked R) and anterior up, whatever the input's
@@ -289,7 +292,7 @@ def write_qc(path: Path, t1: np.ndarray, stir: np.ndarray, labels: np.ndarray, e
     draw.text((gap, 1), title, fill="black")
     for j, (z, top, bottom) in enumerate(panels):
         x0 = gap + j * (w + gap)
-        for i, (img, name) in enumerate(((top, "T1"), (bottom, "STIR"))):
+        for i, (img, name) in enumerate(((top, channels[0]), (bottom, channels[1]))):
             y0 = head + i * (h + head)
             draw.text((x0, y0 + 1), f"{name}  slice {z}", fill="black")
             canvas.paste(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), (x0, y0 + head - 2))
