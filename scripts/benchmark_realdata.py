@@ -122,14 +122,31 @@ def fold_cohort(src: Path, dst: Path, held_out: str) -> Path:
 # ---------------------------------------------------------------------------
 
 
-def train(out_dir: Path, cohort: Path, overrides: list[str], logfile: Path) -> tuple[Path, float]:
+def train(out_dir: Path, cohort: Path, overrides: list[str], logfile: Path) -> tuple[Path, dict]:
+    """Train (skipped when ``out_dir`` holds a bundle) and return the bundle and its schedule: optimizer
+    steps, patches per volume, learning rate (read from the bundle's config, so a resumed benchmark
+    reports what each cached fold was trained with) and wall / CPU minutes (``timing.json``; NaN for a
+    fold trained before timings were written)."""
     bundle = out_dir / "bundle"
-    if (bundle / "bundle.json").exists():
-        return bundle, float("nan")
-    seconds = run([sys.executable, "-m", "nxp2seg.train", f"data.cohort={cohort}", f"output_dir={out_dir}",
-                   "data.loader.verify_images=false", "callbacks.progress_bar.refresh_rate=0", *overrides],
-                  logfile)
-    return bundle, seconds
+    timing = out_dir / "timing.json"
+    if not (bundle / "bundle.json").exists():
+        cpu0 = _children_cpu()
+        seconds = run([sys.executable, "-m", "nxp2seg.train", f"data.cohort={cohort}", f"output_dir={out_dir}",
+                       "data.loader.verify_images=false", "callbacks.progress_bar.refresh_rate=0", *overrides],
+                      logfile)
+        timing.write_text(json.dumps({"wall_s": round(seconds, 1), "cpu_s": round(_children_cpu() - cpu0, 1)}))
+    from nxp2seg.models.bundle import load_bundle
+
+    cfg = load_bundle(bundle).config
+    t = json.loads(timing.read_text()) if timing.exists() else {}
+    return bundle, {"steps": int(cfg.trainer.max_steps), "patches": int(cfg.data.sampling.num_samples),
+                    "lr": float(cfg.model.optimizer.lr), "train_minutes": t.get("wall_s", float("nan")) / 60,
+                    "train_cpu_minutes": t.get("cpu_s", float("nan")) / 60}
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def predict(bundle: Path, cohort: Path, out_dir: Path, logfile: Path, split: str | None = None) -> float:
@@ -221,6 +238,13 @@ def summarise(rows: list[dict]) -> dict:
     if "ood_score" in df:
         out["ood_score"] = [None if pd.isna(v) else round(float(v), 2) for v in df["ood_score"]]
         out["flagged_input_unlike_training"] = int(df["warnings"].str.contains("input_unlike_training").sum())
+    dice_cols = [c for c in df.columns if c.startswith("dice/")]
+    out["dice_mean_per_case"] = {r["case_id"]: round(float(np.nanmean([r[c] for c in dice_cols])), 4)
+                                 for _, r in df.iterrows()}
+    if "steps" in df:  # trained variants: the schedule each fold had, and its time
+        out["schedule"] = {k: sorted({float(v) if k == "lr" else int(v) for v in df[k]}) for k in ("steps", "patches", "lr")}
+        for k in ("train_minutes", "train_cpu_minutes"):
+            out[k] = round(float(df[k].sum()), 2) if df[k].notna().all() else None
     return out
 
 
@@ -283,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="patches per volume per step (default: experiment=finetune's, 2)")
     ap.add_argument("--scratch-lr", type=float, default=0.01)
     ap.add_argument("--guard-subjects", type=int, default=10, help="unseen phantom subjects for the guard")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["muscle", "scratch", "zeroshot", "guard"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["compartment", "muscle", "scratch", "zeroshot", "guard"],
+                    help="stages to leave out (e.g. run the variants in two processes: --skip compartment in one)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     minutes: dict[str, float] = {}
@@ -313,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{tag}: {json.dumps({k: results[tag][k] for k in ('dice_mean', 'lr_swaps')})}")
             write_summary(out, results, minutes, args)
 
-    variants = [("finetune_compartment", comp, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"])]
+    variants = []
+    if "compartment" not in args.skip:
+        variants.append(("finetune_compartment", comp, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"]))
     if muscle is not None:
         variants.append(("finetune_muscle", muscle, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"]))
     if "scratch" not in args.skip:
@@ -335,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{tag}: fold {s}: training on the other two subjects")
             steps = [f"trainer.max_steps={args.steps}"] if args.steps else []
             steps += [f"data.sampling.num_samples={args.patches}"] if args.patches else []
-            bundle, secs = train(run_dir, fold, [*overrides, *steps], out / "logs" / f"{tag}_{s}_train.txt")
+            bundle, schedule = train(run_dir, fold, [*overrides, *steps], out / "logs" / f"{tag}_{s}_train.txt")
             pred = run_dir / "predictions"
             predict(bundle, fold, pred, out / "logs" / f"{tag}_{s}_predict.txt", split="test")
-            rows.append({**score_case(pred, fold, f"H{s}_thigh"), "train_minutes": secs / 60})
+            rows.append({**score_case(pred, fold, f"H{s}_thigh"), **schedule})
             if tag == "finetune_compartment":
                 ff_rows += fat_fraction_rows(pred, fold, f"H{s}_thigh")
             copy_qc(pred, out / "qc", f"{tag}_fold{s}")
