@@ -2,7 +2,8 @@
 
 Usage::
 
-    python scripts/compare_analyses.py READERS_OUT MODEL_OUT [--out FILE.md]
+    python scripts/compare_analyses.py READERS_OUT MODEL_OUT [--out FILE.md] [--json FILE.json]
+        [--phantom COHORT]
 
 Reads both ``summary.json`` files and prints (or writes) a Markdown report:
 
@@ -11,9 +12,14 @@ Reads both ``summary.json`` files and prints (or writes) a Markdown report:
   significance call (adjusted p < 0.05) agrees; the correlation of the two
   sets of differences; both pooled effects;
 * the description: patients with each finding per compartment, both counts;
-* Table 1: both correlation coefficients per variable, sign agreement.
+* Table 1: both correlation coefficients per variable, sign agreement;
+* with ``--phantom COHORT`` (a phantom cohort with ``disease.groups``): per
+  item the direction the generator specified (``truth/config.json``'s
+  ``disease.group_muscle_shift``, as ``nxp2seg.phantom.muscles.specified_directions``
+  reads it) and whether the readers' and the model's differences recover it.
 
-Nothing is recomputed: this only lines up what ``analyze`` wrote.
+Nothing is recomputed: this only lines up what ``analyze`` wrote. ``--json``
+writes the same figures as records (for docs/benchmarks).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from nxp2seg.phantom.disease import DiseaseConfig
+from nxp2seg.phantom.muscles import specified_directions
 
 
 def _load(path: Path) -> dict:
@@ -43,7 +52,23 @@ def _p(x) -> str:
     return "–" if x is None else ("<0.001" if x < 0.001 else f"{x:.3f}")
 
 
-def compare_section(a: dict, b: dict, part: str = "primary") -> list[str]:
+def phantom_directions(cohort: Path, groups: list[str]) -> dict[str, int]:
+    """The generator's specified direction per muscle (+1: the second group higher) of a phantom."""
+    f = Path(cohort) / "truth" / "config.json"
+    if not f.is_file():
+        raise SystemExit(f"{f}: missing; --phantom takes a phantom cohort (python -m nxp2seg.phantom)")
+    disease = json.loads(f.read_text()).get("disease", {})
+    shift = disease.get("group_muscle_shift", {})
+    missing = [g for g in groups if g not in shift]
+    if missing:
+        raise SystemExit(f"{f}: disease.group_muscle_shift has no {missing}; the analysis compared "
+                         f"{groups}, the phantom specifies {sorted(shift)}")
+    cfg = DiseaseConfig(groups=disease.get("groups", {}), group_muscle_shift=shift)
+    return specified_directions(cfg, (groups[0], groups[1]))
+
+
+def compare_section(a: dict, b: dict, part: str = "primary", cohort: Path | None = None,
+                    records: dict | None = None) -> list[str]:
     ca, cb = a.get("compare", {}).get(part), b.get("compare", {}).get(part)
     if not ca or not cb:
         return []
@@ -51,19 +76,40 @@ def compare_section(a: dict, b: dict, part: str = "primary") -> list[str]:
     rb = {c["item"]: c for c in cb["contrasts"]}
     items = [i for i in ra if i in rb]
     groups = ca["groups"]
-    lines = [f"### Group comparison ({part}): {groups[1]} − {groups[0]}", "",
-             "| item | readers: difference (adj. p) | model: difference (adj. p) | same direction | same call (adj. p < 0.05) |",
-             "| --- | --- | --- | --- | --- |"]
+    spec = phantom_directions(cohort, groups) if cohort is not None else {}
+    head = "| item | readers: difference (adj. p) | model: difference (adj. p) | same direction | same call (adj. p < 0.05) |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if spec:
+        head += " specified | readers recover it | model recovers it |"
+        rule += " --- | --- | --- |"
+    lines = [f"### Group comparison ({part}): {groups[1]} − {groups[0]}", "", head, rule]
     same_dir = same_call = 0
+    rows = []
     for it in items:
         x, y = ra[it], rb[it]
         d = np.sign(x["estimate"]) == np.sign(y["estimate"])
         s = (x["p_adjusted"] < 0.05) == (y["p_adjusted"] < 0.05)
         same_dir += d
         same_call += s
-        lines.append(f"| {it} | {_fmt(x['estimate'])} ({_p(x['p_adjusted'])}) | "
-                     f"{_fmt(y['estimate'])} ({_p(y['p_adjusted'])}) | {'yes' if d else 'NO'} | "
-                     f"{'yes' if s else 'NO'} |")
+        row = {"item": it, "readers": x["estimate"], "readers_p_adjusted": x["p_adjusted"],
+               "model": y["estimate"], "model_p_adjusted": y["p_adjusted"],
+               "same_direction": bool(d), "same_call": bool(s)}
+        line = (f"| {it} | {_fmt(x['estimate'])} ({_p(x['p_adjusted'])}) | "
+                f"{_fmt(y['estimate'])} ({_p(y['p_adjusted'])}) | {'yes' if d else 'NO'} | "
+                f"{'yes' if s else 'NO'} |")
+        if spec:
+            sign = spec.get(it)
+            row["specified"] = sign
+            if sign:  # a muscle the generator shifts differently in the two groups
+                row["readers_recover"] = bool(np.sign(x["estimate"]) == sign)
+                row["model_recover"] = bool(np.sign(y["estimate"]) == sign)
+                line += (f" {groups[1] if sign > 0 else groups[0]} higher | "
+                         f"{'yes' if row['readers_recover'] else 'NO'} | "
+                         f"{'yes' if row['model_recover'] else 'NO'} |")
+            else:
+                line += f" {'alike' if sign == 0 else 'not specified'} | – | – |"
+        rows.append(row)
+        lines.append(line)
     ea = np.array([ra[i]["estimate"] for i in items], float)
     eb = np.array([rb[i]["estimate"] for i in items], float)
     r = sps.pearsonr(ea, eb).statistic if len(items) > 2 else np.nan
@@ -74,7 +120,22 @@ def compare_section(a: dict, b: dict, part: str = "primary") -> list[str]:
                f"{_fmt(pa['estimate'])} [{_fmt(pa['ci_low'])}, {_fmt(pa['ci_high'])}] "
                f"(p {_p(pa['p'])}), model {_fmt(pb['estimate'])} [{_fmt(pb['ci_low'])}, "
                f"{_fmt(pb['ci_high'])}] (p {_p(pb['p'])}).")
-    lines += ["", verdict, ""]
+    lines += ["", verdict]
+    if spec:
+        differ = [r for r in rows if r.get("specified")]
+        rec_a = sum(r["readers_recover"] for r in differ)
+        rec_b = sum(r["model_recover"] for r in differ)
+        sig_b = sum(r["model_recover"] and r["model_p_adjusted"] < 0.05 for r in differ)
+        lines += ["", (f"Of the {len(differ)} items whose groups differ by specification: the readers "
+                       f"recover the direction of {rec_a}, the model of {rec_b} ({sig_b} with adjusted "
+                       f"p < 0.05).")]
+    lines.append("")
+    if records is not None:
+        records[part] = {"groups": groups, "items": rows, "same_direction": int(same_dir),
+                         "same_call": int(same_call), "n_items": len(items),
+                         "pearson_r": None if np.isnan(r) else float(r),
+                         "mean_abs_difference": float(np.mean(np.abs(eb - ea))),
+                         "pooled_readers": pa, "pooled_model": pb}
     return lines
 
 
@@ -115,14 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("readers", type=Path)
     ap.add_argument("model", type=Path)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--json", type=Path, help="also write the group comparison's figures as JSON")
+    ap.add_argument("--phantom", type=Path, help="phantom cohort: check the specified directions")
     args = ap.parse_args(argv)
     a, b = _load(args.readers), _load(args.model)
+    records: dict = {}
     lines = [f"## {args.model} against {args.readers}", ""]
-    lines += compare_section(a, b, "primary") + compare_section(a, b, "secondary")
+    lines += (compare_section(a, b, "primary", args.phantom, records)
+              + compare_section(a, b, "secondary", args.phantom, records))
     lines += describe_section(a, b) + table1_section(a, b)
     text = "\n".join(lines)
     if args.out:
         args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2) + "\n")
     print(text)
     return 0
 
