@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_analysis import fake_predictions
+from sklearn.metrics import cohen_kappa_score
 
 from nxp2seg.data.cohort import Cohort
 from nxp2seg.data.schema import MUSCLES, default_muscle_schema, get_grade_scale
@@ -77,6 +78,16 @@ def test_evaluate_scores_every_muscle(muscle_cohort, tmp_path):
     assert not seg.loc[seg["graded"], "region"].isin(["thigh_anterior_right"]).any()
     by_region = pd.read_csv(out / "agreement_by_region.csv").set_index("region")
     assert "thigh_semimembranosus_right" in by_region.index
+    # each muscle also with both sides together: its rows of region_grades.csv, pooled
+    grades = pd.read_csv(out / "region_grades.csv")
+    both = grades[grades["region"].isin(["thigh_semimembranosus_right", "thigh_semimembranosus_left"])]
+    sm = by_region.loc["thigh_semimembranosus"]
+    assert sm["n"] == len(both) == by_region.loc["thigh_semimembranosus_right", "n"] * 2
+    assert sm["kappa_quadratic_model_vs_mean"] == pytest.approx(cohen_kappa_score(
+        both["edema_grade_int_model"], both["edema_grade_int_mean"], weights="quadratic", labels=[0, 1, 2, 3]))
+    assert sm["mean_grade_model"] == pytest.approx(both["edema_grade_model"].mean())
+    thighs = sum(c.endswith("_thigh") for c in cohort.case_ids)
+    assert sm["dice_mean"] == pytest.approx(1.0) and sm["n_segmented"] == 2 * thighs
     # the 'model' is reader A: its kappa with the readers' mean is high but below 1
     assert 0.5 < summary["edema"]["kappa_quadratic"]["model_vs_mean"] <= 1.0
     assert summary["station_score"]["n_cases"] == len(cohort.case_ids)

@@ -134,8 +134,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     graded, notes = _grading_possible(es, tables)
     notes += seg_notes
     regions = es.schema.region_names()
+    pooled: dict[str, list[str]] = {}
     if es.schema.graded_level == "muscle":  # the compartments' Dice beside the muscles'
         regions += es.schema.compartment_schema().region_names()
+        for name in es.schema.region_names():  # and each muscle, both sides together
+            muscle = es.schema.muscle_of(name)
+            if muscle is not None:
+                pooled.setdefault(f"{es.schema.regions[name].station}_{muscle}", []).append(name)
     g_figs = grading_figures(tables.raters, es.scale)
     s_figs = segmentation_figures(regions, STRUCTURES)
     run = (g_figs if graded else []) + s_figs
@@ -145,7 +150,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary, mats = build_summary(es, tables, seg, s_figs + g_figs, results,
                                   margin=settings["margin"], settings=settings, notes=notes)
     overview = case_overview(tables, seg)
-    _write_tables(out, tables, seg, per_region_table(tables, seg, es.scale, regions),
+    _write_tables(out, tables, seg, per_region_table(tables, seg, es.scale, regions, pooled),
                   flat_figures(s_figs + g_figs, results, summary), mats, overview)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     if cfg.report:

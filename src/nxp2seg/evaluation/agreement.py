@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -385,12 +385,18 @@ def confusions(t: PairedTables, scale: GradeScale) -> dict[str, pd.DataFrame]:
 
 
 def per_region_table(t: PairedTables, seg: pd.DataFrame, scale: GradeScale,
-                     regions: Sequence[str]) -> pd.DataFrame:
-    """Point estimates per region (no interval): grades' agreement and segmentation quality."""
+                     regions: Sequence[str], pooled: Mapping[str, Sequence[str]] | None = None,
+                     ) -> pd.DataFrame:
+    """Point estimates per region (no interval): grades' agreement and segmentation quality.
+
+    ``pooled`` adds a row per entry, over the rows of all its regions together (e.g. a muscle's
+    right and left regions: ``{"thigh_semimembranosus": [..._right, ..._left]}``).
+    """
     labels = scale.grades()
     rows = []
-    for name in regions:
-        d = t.regions[t.regions["region"] == name]
+    groups = [(n, [n]) for n in regions] + [(n, list(m)) for n, m in (pooled or {}).items()]
+    for name, members in groups:
+        d = t.regions[t.regions["region"].isin(members)]
         row: dict = {"region": name, "n": int((d["edema_grade_model"].notna()
                                               & d.get("edema_grade_mean", pd.Series(dtype=float)).notna()).sum())
                      if "edema_grade_mean" in d else 0}
@@ -406,7 +412,7 @@ def per_region_table(t: PairedTables, seg: pd.DataFrame, scale: GradeScale,
             row["mean_grade_model"] = d["edema_grade_model"].mean()
             row["mean_grade_readers"] = d["edema_grade_mean"].mean()
         if not seg.empty:
-            s = seg[seg["region"] == name]
+            s = seg[seg["region"].isin(members)]
             row["dice_mean"] = _finite_mean(s["dice"])
             row["hd95_mm_mean"] = _finite_mean(s["hd95_mm"])
             row["lr_swaps"] = int(s["lr_swap"].astype(bool).sum())
