@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from nxp2seg.data.schema import default_compartment_schema
-from nxp2seg.data.signature import build_signature, exam_features, ood_score
+from nxp2seg.data.signature import TOO_LITTLE_MUSCLE, build_signature, exam_features, ood_score
 from nxp2seg.inference.exam_checks import fat_fractions, one_leg
 from nxp2seg.io import make_nifti, save_nifti
 from nxp2seg.models.bundle import load_bundle
@@ -63,7 +63,8 @@ def test_score_is_the_largest_robust_z_and_flags_dixon_given_as_t1_stir():
     assert np.isclose(dixon["contrast_distance"], np.sqrt(d @ np.linalg.inv(np.array(c["covariance"])) @ d), rtol=1e-3)
     bigger = ood_score(sig, {**like_f(aff), "matrix": np.log(40 * 4)})  # 4x the matrix: z = log 4 / 0.25
     assert bigger["feature"] == "matrix" and np.isclose(bigger["ood_score"], np.log(4) / 0.25, rtol=1e-3)
-    assert ood_score(sig, None)["unlike_training"] is False and np.isnan(ood_score(sig, None)["ood_score"])
+    # an exam that could not be measured is flagged (test_an_exam_with_too_little_muscle_to_measure_is_flagged)
+    assert ood_score(sig, None)["unlike_training"] is True and np.isnan(ood_score(sig, None)["ood_score"])
 
 
 def like_f(aff):
@@ -188,6 +189,19 @@ def test_a_signature_of_two_exams_does_not_flag_a_third_of_their_kind():
     assert np.linalg.eigvalsh(np.array(sig["contrast"]["covariance"])).min() >= 0.15**2 - 1e-9
     third = ood_score(sig, exam_features(*_two_tissue(3.2, 1.0, 0.22, 1.0, seed=3), aff, ["T1", "STIR"]))
     assert not third["unlike_training"], third
+
+
+def test_an_exam_with_too_little_muscle_to_measure_is_flagged():
+    # an image the model finds no muscle in (another body part, a failed segmentation) cannot be
+    # compared with the training images: flagged, never passed silently
+    aff = np.diag([2.0, 2.0, 6.0, 1.0])
+    channels, muscle = _two_tissue(3.0, 1.0, 0.2, 1.0, seed=0)
+    sig = build_signature([exam_features(channels, muscle, aff, ["T1", "STIR"])] * 3, ["T1", "STIR"])
+    empty = exam_features(channels, np.zeros_like(muscle), aff, ["T1", "STIR"])
+    assert empty is None
+    res = ood_score(sig, empty)
+    assert res["unlike_training"] and res["feature"] == TOO_LITTLE_MUSCLE
+    assert np.isnan(res["ood_score"])
 
 
 def _as_dixon_bundle(src: Path, dst: Path) -> Path:

@@ -47,10 +47,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_THRESHOLD", "exam_features", "build_signature", "cohort_signature", "ood_score"]
+__all__ = ["DEFAULT_THRESHOLD", "TOO_LITTLE_MUSCLE", "exam_features", "build_signature", "cohort_signature", "ood_score"]
 
 #: Score above which an exam is unlike the training cohort.
 DEFAULT_THRESHOLD = 4.5
+#: ``feature`` of an exam whose segmentation holds too little muscle to be measured (flagged).
+TOO_LITTLE_MUSCLE = "too_little_muscle"
 #: Smallest robust scale of a geometry feature (log units).
 _GEOMETRY_FLOOR = 0.25
 #: Smallest standard deviation of a contrast feature (log units; Fisher z for the correlation).
@@ -140,13 +142,16 @@ def ood_score(signature: Mapping[str, Any], features: Mapping[str, float] | None
 
     Returns:
         ``{"ood_score": the larger of the contrast distance and the largest geometry z
-        (NaN when the exam could not be measured), "feature": what gave it ("contrast" or a
-        geometry feature), "contrast_distance": ..., "z": {feature: robust z},
+        (NaN when the exam could not be measured), "feature": what gave it ("contrast", a
+        geometry feature, or :data:`TOO_LITTLE_MUSCLE` when the segmentation holds too little
+        muscle to measure the contrast: then the exam is flagged too), "contrast_distance": ..., "z": {feature: robust z},
         "unlike_training": bool}``.
     """
     nan = float("nan")
-    if not features:
-        return {"ood_score": nan, "feature": None, "contrast_distance": nan, "z": {}, "unlike_training": False}
+    if not features:  # the model found (almost) no muscle: nothing like a training exam, or a failed
+        # segmentation; either way its outputs cannot be trusted, so the exam is flagged
+        return {"ood_score": nan, "feature": TOO_LITTLE_MUSCLE, "contrast_distance": nan, "z": {},
+                "unlike_training": True}
     z = {}
     for name, ref in signature["features"].items():
         if name in features:

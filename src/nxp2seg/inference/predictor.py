@@ -48,6 +48,7 @@ from monai.utils import ImageMetaKey
 from nxp2seg.data.pipelines import preprocess_transforms
 from nxp2seg.data.schema import PATTERNS, STATIONS
 from nxp2seg.data.sides import lr_swap_lut, orientation_lr_axis
+from nxp2seg.data.signature import TOO_LITTLE_MUSCLE
 from nxp2seg.grading.tables import scores_table
 from nxp2seg.inference.edema import edema_map
 from nxp2seg.inference.geometry import describe_geometry, probabilities_to_labels, resample_to_grid
@@ -331,9 +332,11 @@ class Predictor:
         case_row["ood_score"] = float("nan") if ood is None else round(ood["ood_score"], 4)
         case_row["ood"] = ood
         if ood is not None and ood["unlike_training"]:
+            why = ("the model found too little muscle in them to compare them"
+                   if ood["feature"] == TOO_LITTLE_MUSCLE else
+                   f"ood_score {ood['ood_score']:.1f} > {signature['threshold']:g}, most of all in {ood['feature']}")
             add_warning(case_row, "input_unlike_training", (
-                f"{case.case_id}: the images are unlike the model's training images (ood_score "
-                f"{ood['ood_score']:.1f} > {signature['threshold']:g}, most of all in {ood['feature']}); "
+                f"{case.case_id}: the images are unlike the model's training images ({why}); "
                 f"its segmentation and grades may be wrong: check the channels ({', '.join(self.prep.channels)}) "
                 "and fine-tune on labelled exams of this kind (docs/realdata.md)"))
         regions = {n: self.schema.regions[n] for n in self.schema.region_names(station)}
