@@ -86,12 +86,34 @@ def region_rows(out: Path) -> pd.DataFrame:
             lut = Cohort.open(coh).dataset.schema.rollup_lut()
             pred = lut[np.asarray(nib.load(seg).dataobj)]
             t_c = _truth(cohort, case)[0]
+            where = _where_truth_goes(t_c, pred, comp, regions)
             for name, values in regions.items():
                 t, p = np.isin(t_c, list(values)), np.isin(pred, list(values))
                 rows.append({"variant": tag, "case_id": case, "region": name, "dice": _dice(t, p),
                              "fat_fraction_truth": ff[s][name],
-                             "volume_ratio": float(p.sum() / t.sum()) if t.sum() else float("nan")})
+                             "volume_ratio": float(p.sum() / t.sum()) if t.sum() else float("nan"),
+                             **where[name]})
     return pd.DataFrame(rows)
+
+
+def _where_truth_goes(t_c: np.ndarray, pred: np.ndarray, comp, regions: dict) -> dict[str, dict[str, float]]:
+    """Per labelled region: the share of its voxels predicted as itself, as another compartment of
+    the same side, as the other side, as subcutaneous fat or bone, as background."""
+    side_of = {n: comp.regions[n].side for n in regions}
+    out = {}
+    for name, values in regions.items():
+        t = np.isin(t_c, list(values))
+        n = max(int(t.sum()), 1)
+        p = pred[t]
+        same_side = [v for m, vs in regions.items() if m != name and side_of[m] == side_of[name] for v in vs]
+        other_side = [v for m, vs in regions.items() if side_of[m] != side_of[name] for v in vs]
+        structures = [comp.labels[k] for k in ("subcutaneous_right", "subcutaneous_left", "bone") if k in comp.labels]
+        out[name] = {"to_itself": float(np.isin(p, list(values)).sum() / n),
+                     "to_other_compartment": float(np.isin(p, same_side).sum() / n),
+                     "to_other_side": float(np.isin(p, other_side).sum() / n),
+                     "to_subcutaneous_or_bone": float(np.isin(p, structures).sum() / n),
+                     "to_background": float((p == 0).sum() / n)}
+    return out
 
 
 def fatty_summary(df: pd.DataFrame) -> dict:
@@ -104,7 +126,12 @@ def fatty_summary(df: pd.DataFrame) -> dict:
                     "dice_mean_fat_fraction_ge_0.4": round(float(g.loc[fatty, "dice"].mean()), 4),
                     "n_fat_fraction_ge_0.4": int(fatty.sum()),
                     "dice_mean_fat_fraction_lt_0.4": round(float(g.loc[~fatty, "dice"].mean()), 4),
-                    "volume_ratio_median": round(float(g["volume_ratio"].median()), 3)}
+                    "volume_ratio_median": round(float(g["volume_ratio"].median()), 3),
+                    "where_labelled_voxels_go": {
+                        comp: {k: round(float(g.loc[g.region.str.contains(comp), k].mean()), 3)
+                               for k in ("to_itself", "to_other_compartment", "to_other_side",
+                                         "to_subcutaneous_or_bone", "to_background")}
+                        for comp in ("anterior", "medial", "posterior")}}
     return res
 
 
@@ -184,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     test = load_bundle(bundle).validation.get("test", {}).get("dice", {})
     thigh = {k: round(float(v), 4) for k, v in test.items() if k.startswith("thigh_")}
     diag["pretraining_phantom_test_dice_thigh"] = {**thigh, "mean": round(float(np.mean(list(thigh.values()))), 4)}
-    diag["resolution_ceiling"] = resolution_ceiling(out, bundle)
+    before = json.loads((out / "diagnostics.json").read_text()) if (out / "diagnostics.json").exists() else {}
+    ceiling = before.get("resolution_ceiling") or {}
+    if set(ceiling) != {p.name for p in (out / "cohorts").iterdir() if (p / "dataset.json").exists()}:
+        ceiling = resolution_ceiling(out, bundle)  # the labels and the bundle's grid only: kept once computed
+    diag["resolution_ceiling"] = ceiling
     if args.fit:
         diag["fit_finetune_compartment"] = fit_on_training_subjects(out)
     (out / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
