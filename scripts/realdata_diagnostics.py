@@ -67,10 +67,11 @@ def region_rows(out: Path) -> pd.DataFrame:
     comp = _comp()
     regions = {n: comp.regions[n].labels for n in comp.region_names("thigh")}
     cohort = out / "cohorts" / "compartment"
-    ff = {}
+    ff, images = {}, {}
     for s in SUBJECTS:
         t_c, _, fat, water, _ = _truth(cohort, f"H{s}_thigh")
         ff[s] = fat_fractions(fat, water, t_c, regions)
+        images[s] = (fat, water)
     rows = []
     for tag in VARIANTS:
         for s in SUBJECTS:
@@ -87,10 +88,11 @@ def region_rows(out: Path) -> pd.DataFrame:
             pred = lut[np.asarray(nib.load(seg).dataobj)]
             t_c = _truth(cohort, case)[0]
             where = _where_truth_goes(t_c, pred, comp, regions)
+            ff_pred = fat_fractions(*images[s], pred, regions)  # predict's estimator, on the rolled-up prediction
             for name, values in regions.items():
                 t, p = np.isin(t_c, list(values)), np.isin(pred, list(values))
                 rows.append({"variant": tag, "case_id": case, "region": name, "dice": _dice(t, p),
-                             "fat_fraction_truth": ff[s][name],
+                             "fat_fraction_truth": ff[s][name], "fat_fraction_predicted": ff_pred[name],
                              "volume_ratio": float(p.sum() / t.sum()) if t.sum() else float("nan"),
                              **where[name]})
     return pd.DataFrame(rows)
@@ -121,12 +123,15 @@ def fatty_summary(df: pd.DataFrame) -> dict:
     for tag, g in df.groupby("variant", sort=False):
         rho, p = spearmanr(g["fat_fraction_truth"], g["dice"])
         fatty = g["fat_fraction_truth"] >= 0.4
+        err = (g["fat_fraction_predicted"] - g["fat_fraction_truth"]).abs()
         res[tag] = {"n_regions": len(g), "spearman_dice_vs_fat_fraction": round(float(rho), 3),
                     "p_value": round(float(p), 4),
                     "dice_mean_fat_fraction_ge_0.4": round(float(g.loc[fatty, "dice"].mean()), 4),
                     "n_fat_fraction_ge_0.4": int(fatty.sum()),
                     "dice_mean_fat_fraction_lt_0.4": round(float(g.loc[~fatty, "dice"].mean()), 4),
                     "volume_ratio_median": round(float(g["volume_ratio"].median()), 3),
+                    "fat_fraction_share_within_0.05": round(float((err <= 0.05).mean()), 4),
+                    "fat_fraction_mean_abs_error": round(float(err.mean()), 4),
                     "where_labelled_voxels_go": {
                         comp: {k: round(float(g.loc[g.region.str.contains(comp), k].mean()), 3)
                                for k in ("to_itself", "to_other_compartment", "to_other_side",
