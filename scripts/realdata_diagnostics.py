@@ -17,6 +17,8 @@ Measured, per scored region (compartment of one side of one exam):
   ``predict`` maps its probabilities back (:func:`nxp2seg.inference.geometry.probabilities_to_labels`):
   the Dice a perfect network at that resolution would get, at compartment and at muscle level.
 * **pre-training quality**: the Dixon bundle's own phantom test Dice of the thigh compartments.
+* **partial variants**: a variant whose folds did not all train (the benchmark scores a
+  variant once all three are done) is scored on the folds there are.
 * ``--fit``: each leave-one-subject-out fine-tuned bundle on its own two training
   subjects (``predict split=train``): fit (training) against held-out Dice, i.e. whether the
   schedule under-fits or two subjects do not generalise.
@@ -35,7 +37,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_realdata import SUBJECTS, _dice, predict, score_case
+from benchmark_realdata import SUBJECTS, _dice, predict, score_case, summarise
 
 VARIANTS = ("zeroshot_dixon_phantom", "zeroshot_t1stir", "finetune_compartment", "finetune_muscle",
             "scratch_compartment")
@@ -199,6 +201,20 @@ def fit_on_training_subjects(out: Path, tag: str = "finetune_compartment") -> di
     return {k: round(float(v), 4) for k, v in df.groupby("set")["dice_mean"].mean().items()}
 
 
+def partial_variants(out: Path, done: dict) -> dict:
+    """Trained variants the benchmark could not score (not every fold trained): the folds there are."""
+    res = {}
+    for tag in VARIANTS:
+        if tag.startswith("zeroshot") or tag in done:
+            continue
+        level = "muscle" if tag.endswith("muscle") else "compartment"
+        rows = [score_case(out / tag / f"fold_{s}" / "predictions", out / "folds" / f"{level}_minus_{s}", f"H{s}_thigh")
+                for s in SUBJECTS if (out / tag / f"fold_{s}" / "predictions" / "cases.csv").exists()]
+        if rows:
+            res[tag] = {"held_out": [r["case_id"] for r in rows], **summarise(rows)}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="the benchmark's OUT")
@@ -221,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(ceiling) != {p.name for p in (out / "cohorts").iterdir() if (p / "dataset.json").exists()}:
         ceiling = resolution_ceiling(out, bundle)  # the labels and the bundle's grid only: kept once computed
     diag["resolution_ceiling"] = ceiling
+    diag["partial_variants"] = partial_variants(out, summary["results"])
     if args.fit:
         diag["fit_finetune_compartment"] = fit_on_training_subjects(out)
     (out / "diagnostics.json").write_text(json.dumps(diag, indent=2) + "\n")
