@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIG_DIR", "dataclass_from_mapping", "load_cli_config", "packaged_defaults", "to_plain"]
+__all__ = ["CONFIG_DIR", "dataclass_from_mapping", "load_cli_config", "packaged_defaults", "parse_key_values",
+           "to_plain"]
 
 #: The packaged Hydra configs (``python -m nxp2seg.train``'s config path).
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -93,3 +94,19 @@ def packaged_defaults(path: str, key: str) -> dict[str, Any]:
     if not isinstance(block, dict):
         raise KeyError(f"configs/{path} has no block {key!r}")
     return dict(block)
+
+
+def parse_key_values(argv: Sequence[str], example: str, strip_plus: bool = False) -> dict:
+    """Command-line ``key=value`` arguments (values in YAML syntax) as a nested dict.
+
+    The commands that take plain ``key=value`` pairs without a Hydra app (``nxp2seg.phantom``,
+    ``nxp2seg.data.convert``) parse them here. ``strip_plus`` accepts Hydra's ``+key=value``.
+
+    Raises:
+        ValueError: an argument without ``=``; the message shows ``example``.
+    """
+    bad = [a for a in argv if "=" not in a or a.startswith("=")]
+    if bad:
+        raise ValueError(f"arguments must be key=value, got {bad}; e.g. {example}")
+    args = [a.lstrip("+") for a in argv] if strip_plus else list(argv)
+    return OmegaConf.to_container(OmegaConf.from_dotlist(args), resolve=True)  # type: ignore[return-value]

@@ -42,6 +42,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from nxp2seg.config_utils import parse_key_values
 from nxp2seg.data.cohort import CHANNELS, DIXON_CHANNELS, CohortWriter, DatasetDescription
 from nxp2seg.data.convert_labels import AliasTable, LabelTableError, read_label_table
 from nxp2seg.data.convert_readers import ReadersSheetError, read_readers_sheet
@@ -335,7 +336,6 @@ def _convert_exam(ex: Exam, opts: ConvertOptions, writer: CohortWriter, mapper: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -344,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     try:
-        bad = [a for a in argv if "=" not in a or a.startswith("=")]
-        if bad:
-            raise ValueError(f"arguments must be key=value, got {bad}; e.g. spec=exams.yaml out=DIR")
-        overrides = OmegaConf.to_container(OmegaConf.from_dotlist(argv), resolve=True)
+        overrides = parse_key_values(argv, "spec=exams.yaml out=DIR")
         if "spec" not in overrides:
             raise ValueError("give the spec: spec=exams.yaml (or exams.csv) out=DIR")
     except ValueError as e:

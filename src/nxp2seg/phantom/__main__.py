@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import sys
 
+from nxp2seg.config_utils import parse_key_values
+
 __all__ = ["main", "parse_overrides"]
 
 
 def parse_overrides(argv: list[str]) -> dict:
     """Parse Hydra-style ``key=value`` arguments (values in YAML syntax) into a nested dict."""
-    from omegaconf import OmegaConf
-
-    bad = [a for a in argv if "=" not in a or a.startswith("=")]
-    if bad:
-        raise ValueError(f"arguments must be key=value, got {bad}; e.g. out=/tmp/cohort subjects=8 preset=tiny seed=0")
-    cfg = OmegaConf.from_dotlist([a.lstrip("+") for a in argv])
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return parse_key_values(argv, "out=/tmp/cohort subjects=8 preset=tiny seed=0", strip_plus=True)
 
 
 def main(argv: list[str] | None = None) -> int:
