@@ -11,7 +11,7 @@ import pytest
 
 from nxp2seg.data.schema import default_compartment_schema
 from nxp2seg.data.signature import TOO_LITTLE_MUSCLE, build_signature, exam_features, ood_score
-from nxp2seg.inference.exam_checks import fat_fractions, one_leg
+from nxp2seg.inference.exam_checks import fat_fractions, one_leg, two_legs_seen
 from nxp2seg.io import make_nifti, save_nifti
 from nxp2seg.models.bundle import load_bundle
 
@@ -85,16 +85,72 @@ def test_fat_fraction_by_hand_with_a_noise_floor():
     assert ff["a"] == pytest.approx(0.3) and ff["b"] == pytest.approx(0.6)
 
 
-def test_one_leg_is_seen_from_the_regions():
+def _t1(shape, *legs, seed: int = 0) -> np.ndarray:
+    """A T1 with air (noise) and a bright box per ``(slice, slice)`` leg: one box, one outline."""
+    t1 = np.random.default_rng(seed).normal(5.0, 1.0, shape).astype(np.float32)
+    for leg in legs:
+        t1[leg] = 100.0
+    return t1
+
+
+def test_one_leg_is_seen_from_the_regions_when_the_image_shows_one_outline():
     regions = {n: SCHEMA.regions[n] for n in SCHEMA.region_names("thigh")}
     labels = np.zeros((20, 10, 2), np.uint8)
+    t1 = _t1(labels.shape, np.s_[:, 1:9])  # one body outline (one leg, or two that touch)
+    assert not two_legs_seen(t1, np.eye(4))
     labels[:8, :, :] = SCHEMA.labels["thigh_anterior_right"]
-    assert one_leg(labels, regions, np.eye(4)) == "right"
+    assert one_leg(labels, regions, np.eye(4), t1) == "right"
     labels[15:, :5, :] = SCHEMA.labels["thigh_medial_left"]  # beside it along x: two legs
-    assert one_leg(labels, regions, np.eye(4)) is None
+    assert one_leg(labels, regions, np.eye(4), t1) is None
     labels[15:] = 0
     labels[3:6, :5, :] = SCHEMA.labels["thigh_medial_left"]  # inside the right leg's span: one leg
-    assert one_leg(labels, regions, np.eye(4)) == "right"
+    assert one_leg(labels, regions, np.eye(4), t1) == "right"
+
+
+def test_two_legs_in_the_image_are_never_one_leg():
+    """A weak segmentation (nearly all of it on one side) does not erase a leg the image shows."""
+    regions = {n: SCHEMA.regions[n] for n in SCHEMA.region_names("thigh")}
+    labels = np.zeros((24, 10, 3), np.uint8)
+    labels[14:22, 2:8] = SCHEMA.labels["thigh_anterior_right"]  # world x > 0 with the affine below
+    labels[2:10, 2:8] = SCHEMA.labels["thigh_anterior_right"]  # the other leg called right as well
+    labels[4, 4, 0] = SCHEMA.labels["thigh_medial_left"]
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    affine[0, 3] = -12.0
+    two = _t1(labels.shape, np.s_[1:11, 1:9], np.s_[13:23, 1:9])
+    assert two_legs_seen(two, affine)
+    assert one_leg(labels, regions, affine, two) is None
+    one = _t1(labels.shape, np.s_[1:23, 1:9])  # the same segmentation, one outline: it decides
+    assert one_leg(labels, regions, affine, one) == "right"
+
+
+def test_one_leg_in_the_image_gives_the_side_the_segmentation_shows():
+    regions = {n: SCHEMA.regions[n] for n in SCHEMA.region_names("thigh")}
+    labels = np.zeros((24, 10, 3), np.uint8)
+    labels[3:10, 2:8] = SCHEMA.labels["thigh_posterior_left"]  # world x < 0: the patient's left
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    affine[0, 3] = -12.0
+    t1 = _t1(labels.shape, np.s_[1:11, 1:9])
+    assert not two_legs_seen(t1, affine)
+    assert one_leg(labels, regions, affine, t1) == "left"
+    with pytest.raises(ValueError, match="same grid"):
+        one_leg(labels, regions, affine, t1[:, :, :2])
+
+
+def test_two_legs_are_side_by_side_along_world_x_in_most_axial_slices():
+    # array axes (z, x, y): the slices are along axis 0, world x along axis 1
+    affine = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [4.0, 0, 0, 0], [0, 0, 0, 1]])
+    shape = (5, 24, 10)
+    assert two_legs_seen(_t1(shape, np.s_[:, 1:11, 1:9], np.s_[:, 13:23, 1:9]), affine)
+    assert not two_legs_seen(_t1(shape, np.s_[:, 4:20, 0:4], np.s_[:, 4:20, 6:10]), affine)  # front and back
+    assert not two_legs_seen(_t1(shape, np.s_[:, 1:11, 1:9], np.s_[:, 13:15, 1:3]), affine)  # a sliver beside
+    pelvis = _t1(shape, np.s_[:, 1:11, 1:9], np.s_[:, 13:23, 1:9])
+    pelvis[3:, 1:23, 1:9] = 100.0  # two of five slices through the pelvis: one outline, outvoted
+    assert two_legs_seen(pelvis, affine)
+    pelvis[2:, 1:23, 1:9] = 100.0  # three of five: not seen
+    assert not two_legs_seen(pelvis, affine)
+    ring = _t1(shape, np.s_[:, 1:11, 1:9], np.s_[:, 13:23, 1:9])
+    ring[:, 3:9, 3:7] = ring[:, 15:21, 3:7] = 5.0  # Dixon fat: dark muscle inside a ring of fat
+    assert two_legs_seen(ring, affine)
 
 
 def _dixon_like(src: Path, dst: Path, name: str, seed: int) -> None:

@@ -290,7 +290,7 @@ class Predictor:
         else:  # Dixon water without a grader that learnt edema on it: no edema measured
             edema, stir_ref = np.zeros(labels.shape, bool), float("nan")
         voxel_ml = float(abs(np.linalg.det(t1_img.affine[:3, :3]))) / 1000.0
-        present = self._one_leg(labels, station, t1_img.affine)
+        present = self._one_leg(labels, t1_native, station, t1_img.affine)
         if present is not None:  # one leg: what the network called the other side is this leg's
             absent = "left" if present == "right" else "right"
             other = [v for n, v in self.schema.labels.items() if n.endswith(f"_{absent}")]
@@ -315,10 +315,10 @@ class Predictor:
             notes=notes + list(case.notes),
         )
 
-    def _one_leg(self, labels: np.ndarray, station: str, affine: np.ndarray) -> str | None:
+    def _one_leg(self, labels: np.ndarray, t1: np.ndarray, station: str, affine: np.ndarray) -> str | None:
         from nxp2seg.inference.exam_checks import one_leg
 
-        return one_leg(labels, {n: self.schema.regions[n] for n in self.schema.region_names(station)}, affine)
+        return one_leg(labels, {n: self.schema.regions[n] for n in self.schema.region_names(station)}, affine, t1)
 
     def _exam_checks(self, case: CaseInput, station: str, labels: np.ndarray, c0: np.ndarray, c1: np.ndarray,
                      affine: np.ndarray, muscle: np.ndarray, rows: list[dict[str, Any]], case_row: dict[str, Any]) -> None:
