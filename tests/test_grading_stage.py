@@ -263,6 +263,12 @@ def test_the_grading_config_is_checked():
         FitSpec(folds=1)
     with pytest.raises(ValueError, match="flags"):
         OperatingSpec(flags="f1")
+    with pytest.raises(ValueError, match="readout_c"):
+        FitSpec(readout_c="best")
+    with pytest.raises(ValueError, match="readout_c_grid"):
+        FitSpec(readout_c_grid=[0.1, 0.0])
+    with pytest.raises(ValueError, match="unknown read-outs"):
+        FitSpec(readout_features={"fascia": ["rim/*"]})
     spec = GraderSpec.from_mapping({"enabled": True, "features": {"muscle_sd": [2, 5]}})
     assert spec.features.muscle_sd == (2.0, 5.0) and GraderSpec.from_mapping(None) == GraderSpec()
     assert GraderSpec.from_mapping(spec.to_dict()) == spec  # what the bundle records rebuilds it
@@ -369,6 +375,63 @@ def test_fit_readouts_are_scikit_learn_logistic_regressions():
     strong = GradingHead(5, 5)
     fit_readouts(strong, feats, c=0.001)
     assert float(strong.readout.weight.abs().sum()) < float(head.readout.weight.abs().sum())
+
+
+def test_readout_columns_are_the_named_features_a_readout_reads():
+    from nxp2seg.models.grading_fit import readout_columns
+
+    names = ["region/q", "rim/q", "rim/decoder0", "fat_rim/q", "sector/q", "case/x"]
+    assert readout_columns(names, 6, ["rim/*", "fat_rim/*"], ["*/decoder*"]).tolist() == [
+        False, True, False, True, False, False]
+    assert readout_columns(names, 6, [], ()).all() and readout_columns(None, 6, ["rim/*"]).all()
+    with pytest.raises(ValueError, match="no feature name matches"):
+        readout_columns(names, 6, ["bone/*"])
+    with pytest.raises(ValueError, match="5 names for 6 features"):
+        readout_columns(names[:5], 6, None)
+
+
+def test_readout_c_auto_is_the_best_out_of_fold_score_over_subjects():
+    """``readout_c: auto`` takes, per read-out, the grid value whose out-of-fold predictions over
+    folds of the training subjects score best -- the same scores scikit-learn's own
+    ``cross_val_predict`` and ``roc_auc_score`` give on those folds -- and a read-out reads only
+    its named features (the others weigh 0)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
+
+    from nxp2seg.grading import readers_flag
+    from nxp2seg.models.grading_fit import fit_readouts, subject_folds
+    from nxp2seg.models.grading_head import GradingHead
+
+    feats = _synthetic_features()
+    g = torch.Generator().manual_seed(3)
+    feats.x[..., 4] += 2.0 * torch.randn(feats.x.shape[:2], generator=g)  # noise the flag must not read
+    names = ["a", "rim/b", "c", "rim/decoder0", "d"]
+    grid = (0.001, 0.1, 10.0)
+    head = GradingHead(5, 5)
+    report = fit_readouts(head, feats, "auto", grid=grid, features={"fascial": ["rim/*"]},
+                          exclude={"fascial": ["*/decoder*"]}, names=names, folds=4, seed=0)
+    w = head.readout.weight.detach()
+    assert w[1].nonzero().flatten().tolist() == [1]  # fascial reads rim/b alone
+    assert (w[0] != 0).all() and report["fascial"]["features"] == 1 and report["fat"]["features"] == 5
+    # the reference: scikit-learn's out-of-fold predictions on the same subject folds
+    fold = np.zeros(len(feats), dtype=int)
+    for f, held in enumerate(subject_folds(feats.subject_ids, 4, 0)):
+        fold[held] = f
+    fold = np.repeat(fold, feats.x.shape[1])
+    flat = feats.x.reshape(-1, 5).double().numpy()
+    z = (flat - flat.mean(0)) / flat.std(0, ddof=1)
+    y = readers_flag(feats.targets["fascial_target"].reshape(-1).numpy())
+    ref = {}
+    for c in grid:
+        p = cross_val_predict(LogisticRegression(C=c, max_iter=2000), z[:, [1]], y, cv=PredefinedSplit(fold),
+                              method="predict_proba")[:, 1]
+        ref[c] = roc_auc_score(y, p)
+    assert report["fascial"]["cv"] == pytest.approx(ref, abs=1e-6)
+    assert report["fascial"]["C"] == max(ref, key=ref.get)
+    # one subject: nothing to cross-validate, the middle of the grid
+    one = feats.subset(range(2))
+    assert fit_readouts(GradingHead(5, 5), one, "auto", grid=grid, names=names)["fat"]["C"] == 0.1
 
 
 def test_ensemble_members_train_apart_by_lightning_and_grade_together():

@@ -9,7 +9,11 @@ in two steps, each with a maintained library:
    subcutaneous flags against the readers' call (present when more than half
    of them saw it), and the fat grade as a *fractional* logistic regression of
    ``fat / max_fat`` (each region twice, labelled 1 and 0 with weights ``y``
-   and ``1 - y``: the quasi-binomial fit of a proportion). Deterministic.
+   and ``1 - y``: the quasi-binomial fit of a proportion). Each read-out reads
+   the features a reader would look at for it (``grading.fit.readout_features``:
+   the rim and the fat beside it for fascial edema, the subcutaneous sector for
+   subcutaneous edema), and its L2 strength ``C`` is chosen by cross-validation
+   over the training subjects (``readout_c: auto``). Deterministic.
 2. :func:`fit_mlp` -- the edema/pattern MLP (each ensemble member in turn) by a
    second Lightning ``Trainer`` on a ``TensorDataset`` of the features
    (:class:`HeadModule`: the masked SmoothL1 edema loss and the soft pattern
@@ -25,10 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,23 +46,90 @@ from nxp2seg.models.grading_features import CaseFeatures
 from nxp2seg.models.grading_head import READOUTS, GradingHead
 from nxp2seg.models.losses import masked_regression, soft_cross_entropy
 
-__all__ = ["HeadModule", "cross_fit", "fit_head", "fit_mlp", "fit_readouts", "head_outputs", "subject_folds"]
+__all__ = ["HeadModule", "cross_fit", "fit_head", "fit_mlp", "fit_readouts", "head_outputs", "readout_columns",
+           "subject_folds"]
 
 log = logging.getLogger(__name__)
 
 
-def fit_readouts(head: GradingHead, train: CaseFeatures, c: float) -> dict[str, Any]:
+def readout_columns(names: Sequence[str] | None, n_features: int, include: Sequence[str] | None,
+                    exclude: Sequence[str] = ()) -> np.ndarray:
+    """Bool mask of the features a read-out reads: names matching any ``include`` glob
+    (``fnmatch``; ``None`` or empty: every feature) and none of ``exclude``.
+
+    Without ``names`` (a caller that has none) every feature is read."""
+    if names is None:
+        return np.ones(n_features, dtype=bool)
+    if len(names) != n_features:
+        raise ValueError(f"read-out features: {len(names)} names for {n_features} features")
+    keep = np.array([not include or any(fnmatch.fnmatchcase(n, g) for g in include) for n in names])
+    keep &= np.array([not any(fnmatch.fnmatchcase(n, g) for g in exclude) for n in names])
+    if not keep.any():
+        raise ValueError(f"read-out features: no feature name matches {list(include or [])} "
+                         f"outside {list(exclude)} (grading.fit.readout_features)")
+    return keep
+
+
+def _logistic(z: np.ndarray, y: np.ndarray, weight: np.ndarray, c: float) -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=float(c), max_iter=2000).fit(z, y, sample_weight=weight)
+
+
+def _fractional(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A proportion ``y`` as the quasi-binomial fit sees it: each row as a 1 weighted ``y`` and a 0
+    weighted ``1 - y``."""
+    return np.vstack([z, z]), np.r_[np.ones(len(y)), np.zeros(len(y))], np.r_[y, 1 - y]
+
+
+def _cv_score(name: str, z: np.ndarray, y: np.ndarray, fold: np.ndarray, c: float) -> float:
+    """Out-of-fold score of one read-out at ``C = c``, pooled over the subject folds: ROC AUC for
+    a flag, minus the fractional log-loss for fat (higher is better); NaN when it cannot be scored."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.full(len(y), np.nan)
+    for f in np.unique(fold):
+        rest, held = fold != f, fold == f
+        if name == "fat":
+            zz, yy, ww = _fractional(z[rest], y[rest])
+        else:
+            zz, yy, ww = z[rest], y[rest], np.ones(int(rest.sum()))
+        if len(np.unique(yy[ww > 0])) < 2:
+            continue
+        p[held] = _logistic(zz, yy, ww, c).predict_proba(z[held])[:, 1]
+    ok = np.isfinite(p)
+    if name == "fat":
+        return -float(log_loss(np.r_[np.ones(ok.sum()), np.zeros(ok.sum())], np.r_[p[ok], p[ok]],
+                               sample_weight=np.r_[y[ok], 1 - y[ok]])) if ok.any() else float("nan")
+    if len(np.unique(y[ok])) < 2:
+        return float("nan")
+    return float(roc_auc_score(y[ok], p[ok]))
+
+
+def fit_readouts(head: GradingHead, train: CaseFeatures, c: float | str, *, grid: Sequence[float] = (0.1,),
+                 features: Mapping[str, Sequence[str] | None] | None = None,
+                 exclude: Mapping[str, Sequence[str] | None] | None = None,
+                 names: Sequence[str] | None = None, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """Fit the head's read-outs (fat, fascial, subcutaneous edema) in place with scikit-learn.
 
     The read-outs' input is standardised with the training regions' feature means
     and SDs (``readout_mean``, ``readout_std``); each read-out is an L2-penalised
-    ``LogisticRegression`` (inverse strength ``c``) over the regions the readers graded.
+    ``LogisticRegression`` over the regions the readers graded, on the features its
+    ``features`` globs name (:func:`readout_columns`; the others get weight 0).
+
+    Args:
+        c: scikit-learn's ``C`` for every read-out, or ``"auto"``: each read-out takes the
+            ``C`` of ``grid`` with the best out-of-fold score over ``folds`` folds of the
+            training *subjects* (:func:`subject_folds`; ROC AUC against the readers' call for a
+            flag, the fractional log-loss for fat), the middle of the grid when it cannot be
+            scored (fewer than two subjects, or one class).
+        features, exclude, names: per read-out the globs of the features it reads and of those
+            it leaves out, and the feature names (``None``: every feature).
 
     Returns:
-        ``{readout: {"n": regions, "positives": calls (flags)}}``.
+        ``{readout: {"n": regions, "positives": calls (flags), "C": chosen, "features": read,
+        "cv": {C: score} (auto)}}``.
     """
-    from sklearn.linear_model import LogisticRegression
-
     valid = head.valid(train.station_index).reshape(-1).numpy()
     x = train.x.reshape(-1, train.x.shape[-1]).double().numpy()
     mean = x[valid].mean(axis=0)
@@ -70,25 +142,39 @@ def fit_readouts(head: GradingHead, train: CaseFeatures, c: float) -> dict[str, 
         "fascial": readers_flag(t["fascial_target"].reshape(-1).double().numpy()),
         "subcutaneous": readers_flag(t["subcut_target"].reshape(-1).double().numpy()),
     }
+    n_subjects = len(set(train.subject_ids))
+    k = min(int(folds), n_subjects)
+    fold = np.zeros(len(train), dtype=int)
+    if c == "auto" and k >= 2:
+        for f, held in enumerate(subject_folds(train.subject_ids, k, seed)):
+            fold[held] = f
+    fold = np.repeat(fold, train.x.shape[1])
     w = np.zeros((len(READOUTS), z.shape[1]))
     b = np.zeros(len(READOUTS))
     report: dict[str, Any] = {}
-    for k, name in enumerate(READOUTS):
+    for j, name in enumerate(READOUTS):
+        cols = readout_columns(names, z.shape[1], (features or {}).get(name), (exclude or {}).get(name) or ())
         y = targets[name]
         keep = valid & np.isfinite(y)
-        report[name] = {"n": int(keep.sum())}
-        zk, yk = z[keep], y[keep]
-        if name == "fat":  # fractional response: each region as a weighted 1 and a weighted 0
-            zk, yk, weight = np.vstack([zk, zk]), np.r_[np.ones(len(yk)), np.zeros(len(yk))], np.r_[yk, 1 - yk]
-        else:
-            weight = np.ones(len(yk))
+        report[name] = {"n": int(keep.sum()), "features": int(cols.sum())}
+        zk, yk = z[keep][:, cols], y[keep]
+        if name != "fat":
             report[name]["positives"] = int(yk.sum())
-        if len(np.unique(yk[weight > 0])) < 2:  # nothing graded, or one class only: a constant
-            p = float(np.clip(np.average(yk, weights=weight) if weight.sum() else 0.5, 1e-3, 1 - 1e-3))
-            b[k] = np.log(p / (1 - p))
+        chosen = float(c) if c != "auto" else float(np.median(grid))
+        if c == "auto" and k >= 2:
+            scores = {float(g): _cv_score(name, zk, yk, fold[keep], g) for g in grid}
+            report[name]["cv"] = scores
+            finite = {g: s for g, s in scores.items() if np.isfinite(s)}
+            if finite:
+                chosen = max(finite, key=finite.get)
+        report[name]["C"] = chosen
+        zf, yf, weight = _fractional(zk, yk) if name == "fat" else (zk, yk, np.ones(len(yk)))
+        if len(np.unique(yf[weight > 0])) < 2:  # nothing graded, or one class only: a constant
+            p = float(np.clip(np.average(yf, weights=weight) if weight.sum() else 0.5, 1e-3, 1 - 1e-3))
+            b[j] = np.log(p / (1 - p))
             continue
-        lr = LogisticRegression(C=float(c), max_iter=2000).fit(zk, yk, sample_weight=weight)
-        w[k], b[k] = lr.coef_[0], lr.intercept_[0]
+        lr = _logistic(zf, yf, weight, chosen)
+        w[j, cols], b[j] = lr.coef_[0], lr.intercept_[0]
     with torch.no_grad():
         head.readout_mean.copy_(torch.as_tensor(mean))
         head.readout_std.copy_(torch.as_tensor(std))
@@ -213,9 +299,11 @@ def fit_mlp(head: GradingHead, train: CaseFeatures, val: CaseFeatures | None, fi
 
 
 def fit_head(head: GradingHead, train: CaseFeatures, val: CaseFeatures | None, fit: Any,
-             accelerator: str = "cpu") -> dict[str, Any]:
-    """:func:`fit_readouts` then :func:`fit_mlp`, in place."""
-    readouts = fit_readouts(head, train, fit.readout_c)
+             accelerator: str = "cpu", names: Sequence[str] | None = None) -> dict[str, Any]:
+    """:func:`fit_readouts` then :func:`fit_mlp`, in place (``names``: the feature names the
+    read-outs' ``fit.readout_features`` globs match)."""
+    readouts = fit_readouts(head, train, fit.readout_c, grid=fit.readout_c_grid, features=fit.readout_features,
+                            exclude=fit.readout_exclude, names=names, folds=fit.folds or 5, seed=fit.seed)
     return {"readouts": readouts, **fit_mlp(head, train, val, fit, accelerator)}
 
 
@@ -238,7 +326,8 @@ def subject_folds(subject_ids: list[str], k: int, seed: int = 0) -> list[np.ndar
     return [np.flatnonzero([fold_of[s] == f for s in subject_ids]) for f in range(k)]
 
 
-def cross_fit(head: GradingHead, train: CaseFeatures, fit: Any, accelerator: str = "cpu") -> dict[str, torch.Tensor]:
+def cross_fit(head: GradingHead, train: CaseFeatures, fit: Any, accelerator: str = "cpu",
+              names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Out-of-fold head outputs on the training cases (``fit.folds`` folds by subject).
 
     A fresh copy of ``head`` (untrained, as given) is fitted on each fold's other
@@ -254,7 +343,7 @@ def cross_fit(head: GradingHead, train: CaseFeatures, fit: Any, accelerator: str
             continue
         rest = np.setdiff1d(np.arange(len(train)), held)
         fold_head = copy.deepcopy(head)
-        fit_head(fold_head, train.subset(rest), None, _no_early_stop(fit), accelerator)
+        fit_head(fold_head, train.subset(rest), None, _no_early_stop(fit), accelerator, names)
         pred = head_outputs(fold_head, train.subset(held))
         for k, v in pred.items():
             if k not in out:

@@ -180,7 +180,15 @@ class FitSpec:
             ``epochs``, the last kept).
         seed: of the head's initialisation, batch order and dropout (member ``i``: ``seed + i``).
         readout_c: inverse L2 strength of the linear read-outs (scikit-learn's ``C``) for
-            fat and the two flags, on standardised features.
+            fat and the two flags, on standardised features; ``auto``: per read-out the
+            value of ``readout_c_grid`` with the best out-of-fold score over folds of the
+            training subjects (:func:`~nxp2seg.models.grading_fit.fit_readouts`).
+        readout_c_grid: the candidates of ``readout_c: auto``.
+        readout_features: per read-out (``fat``, ``fascial``, ``subcutaneous``) the
+            ``fnmatch`` globs of the feature names it reads (``RegionFeatures.feature_names``;
+            missing or empty: every feature).
+        readout_exclude: per read-out, globs of the features it leaves out (default: the
+            flags leave out the network's decoder channels, which the MLP reads).
         folds: cross-fitting folds over the training subjects: out-of-fold predictions
             on which the operating points are chosen (``0``: on the validation cases).
         perturb: the input perturbation while the segmenter segments the training cases
@@ -197,7 +205,12 @@ class FitSpec:
     batch_size: int = 16
     patience: int = 0
     seed: int = 0
-    readout_c: float = 0.05
+    readout_c: Any = "auto"
+    readout_c_grid: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+    readout_features: Mapping[str, Any] = field(default_factory=lambda: {
+        "fat": [], "fascial": ["rim/*", "fat_rim/*", "beneath_rim/*"], "subcutaneous": ["sector/*"]})
+    readout_exclude: Mapping[str, Any] = field(default_factory=lambda: {
+        "fascial": ["*/decoder*"], "subcutaneous": ["*/decoder*"]})
     folds: int = 5
     perturb: Any = "auto"
     calibration_cases: int = 16
@@ -218,8 +231,18 @@ class FitSpec:
                 "grading.fit: epochs must be >= 1, batch_size and patience >= 0 "
                 f"(got epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience})"
             )
-        if float(self.readout_c) <= 0:
-            raise ValueError(f"grading.fit.readout_c must be > 0, got {self.readout_c}")
+        object.__setattr__(self, "readout_c_grid", tuple(float(c) for c in self.readout_c_grid))
+        for key in ("readout_features", "readout_exclude"):
+            value = {str(k): [str(g) for g in (v or [])] for k, v in dict(getattr(self, key) or {}).items()}
+            object.__setattr__(self, key, value)
+            unknown = sorted(set(value) - {"fat", "fascial", "subcutaneous"})
+            if unknown:
+                raise ValueError(f"grading.fit.{key} has unknown read-outs {unknown}; known: fat, fascial, subcutaneous")
+        if self.readout_c == "auto":
+            if not self.readout_c_grid or min(self.readout_c_grid) <= 0:
+                raise ValueError(f"grading.fit.readout_c_grid must list values > 0, got {list(self.readout_c_grid)}")
+        elif isinstance(self.readout_c, bool) or not isinstance(self.readout_c, (int, float)) or self.readout_c <= 0:
+            raise ValueError(f"grading.fit.readout_c must be 'auto' or a number > 0, got {self.readout_c!r}")
         if int(self.folds) == 1 or int(self.folds) < 0:
             raise ValueError(f"grading.fit.folds must be 0 (validation cases) or >= 2, got {self.folds}")
         if self.regression not in ("smooth_l1", "mse"):

@@ -130,7 +130,8 @@ def _held_out(grader: Any, untrained: Any, feats: dict[str, CaseFeatures], fit: 
     n_subjects = len(set(train.subject_ids))
     if int(fit.folds) >= 2 and n_subjects >= 2:
         folds = min(int(fit.folds), n_subjects)
-        oof = cross_fit(untrained, train, dataclasses.replace(fit, folds=folds), accelerator)
+        oof = cross_fit(untrained, train, dataclasses.replace(fit, folds=folds), accelerator,
+                        grader.features.feature_names())
         return train, oof, f"out-of-fold predictions on the training subjects ({folds} folds)"
     if "val" in feats:
         return feats["val"], None, "the validation cases"
@@ -189,7 +190,8 @@ def run_grading_stage(
                                         perturb=strength if split == "train" else 0.0, seed=spec.fit.seed)
     t["extract"] = time.perf_counter()
     untrained = copy.deepcopy(grader.head)
-    fitted = fit_head(grader.head, feats["train"], feats.get("val"), spec.fit, accelerator)
+    fitted = fit_head(grader.head, feats["train"], feats.get("val"), spec.fit, accelerator,
+                      grader.features.feature_names())
     t["fit"] = time.perf_counter()
     held, held_out, source = _held_out(grader, untrained, feats, spec.fit, accelerator)
     scale_grades = datamodule.grade_scale
