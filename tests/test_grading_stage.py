@@ -540,6 +540,32 @@ def test_kappa_cuts_undo_a_shrunk_prediction():
     assert cohen_kappa(rounded, truth, weights="quadratic", labels=labels) < 0.9
 
 
+def test_edema_and_fat_grades_have_their_own_rule():
+    """``grades`` sets the edema cut-points, ``fat_grades`` the fat ones (default: rounding for both)."""
+    from nxp2seg.data.schema import get_grade_scale
+    from nxp2seg.models.grading_operating import choose_operating_points, kappa_cuts
+    from nxp2seg.models.grading_spec import OperatingSpec
+
+    g = np.random.default_rng(2)
+    truth_fat = g.integers(0, 5, (50, 6)).astype(float)
+    truth_edema = g.integers(0, 6, (50, 6)).astype(float)
+    rows = {"edema": 1.0 + 0.6 * truth_edema, "edema_target": truth_edema,
+            "fat": 0.5 + 0.5 * truth_fat + 0.1 * g.standard_normal((50, 6)), "fat_target": truth_fat,
+            "fascial_prob": g.random((50, 6)), "fascial_target": g.integers(0, 2, (50, 6)).astype(float),
+            "subcut_prob": g.random((50, 6)), "subcut_target": g.integers(0, 2, (50, 6)).astype(float),
+            "pattern_logp": np.log(np.full((50, 4), 0.25)), "pattern_index": np.zeros(50)}
+    scale = get_grade_scale("beltrame6")
+    assert OperatingSpec().grades == "round" and OperatingSpec().fat_grades == "round"
+    assert not {"edema_cuts", "fat_cuts"} & set(choose_operating_points(rows, OperatingSpec(), scale)[0])
+    points, report = choose_operating_points(rows, OperatingSpec(fat_grades="kappa"), scale)
+    assert "edema_cuts" not in points and report["grades"]["fat_rule"] == "kappa"
+    np.testing.assert_allclose(points["fat_cuts"], kappa_cuts(rows["fat"], truth_fat, 5))
+    points, _ = choose_operating_points(rows, OperatingSpec(grades="kappa", fat_grades="round"), scale)
+    assert "fat_cuts" not in points and len(points["edema_cuts"]) == 5
+    with pytest.raises(ValueError, match="fat_grades"):
+        OperatingSpec(fat_grades="median")
+
+
 def test_pattern_offsets_correct_a_biased_argmax():
     from nxp2seg.models.grading_operating import pattern_offsets
 

@@ -11,9 +11,10 @@ cases -- never on the test subjects, by a rule from config
   specificity against the readers' call; ``specificity`` takes the highest
   sensitivity whose specificity is at least ``min_specificity``; ``fixed`` a
   given probability. The flag is ``probability >= threshold``.
-* **integer grades** (:func:`kappa_cuts`): ``round`` (half up); ``kappa``
-  moves each cut-point between adjacent grades to maximise the quadratic kappa
-  against the readers' rounded mean (coordinate ascent from the rounding cuts).
+* **integer grades** (:func:`kappa_cuts`; ``grades`` for edema, ``fat_grades``
+  for fat): ``round`` (half up); ``kappa`` moves each cut-point between
+  adjacent grades to maximise the quadratic kappa against the readers' rounded
+  mean (coordinate ascent from the rounding cuts).
 * **pattern** (:func:`pattern_offsets`): ``argmax``; ``kappa`` adds per-pattern
   offsets to the log-probabilities that maximise the pattern kappa.
 
@@ -174,9 +175,11 @@ def choose_operating_points(rows: dict[str, np.ndarray], spec: Any, scale: Any) 
     if spec.grades == "kappa":
         points["edema_cuts"] = kappa_cuts(
             rows["edema"], integer_grade(rows["edema_target"], scale), scale.n_levels).tolist()
+    if spec.fat_grades == "kappa":
         points["fat_cuts"] = kappa_cuts(
             rows["fat"], integer_grade(rows["fat_target"], FAT_SCALE), FAT_SCALE.n_levels).tolist()
-    report["grades"] = {"rule": spec.grades, **{k: points[k] for k in ("edema_cuts", "fat_cuts") if k in points}}
+    report["grades"] = {"rule": spec.grades, "fat_rule": spec.fat_grades,
+                        **{k: points[k] for k in ("edema_cuts", "fat_cuts") if k in points}}
     if spec.pattern == "kappa":
         points["pattern_offset"] = pattern_offsets(rows["pattern_logp"], rows["pattern_index"]).tolist()
     report["pattern"] = {"rule": spec.pattern, "offset": points.get("pattern_offset")}
