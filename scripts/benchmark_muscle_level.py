@@ -112,6 +112,15 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and x != x) else x
 
 
+def _get(tree: dict, dotted: str):
+    """``summary.json``'s figure ``a.b.c`` (nested objects, as DESIGN.md names the keys)."""
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
 def eval_figures(w: Path, name: str) -> dict:
     """The headline agreement figures of one ``evaluate`` output (``summary.json`` keys).
 
@@ -127,8 +136,8 @@ def eval_figures(w: Path, name: str) -> dict:
             "edema.kappa_unweighted.model_vs_mean", "station_score.icc", "station_score.icc_ci",
             "pattern.kappa"]
     fig = {"source": f"{name}/summary.json"}
-    fig.update({k: _num(s.get(k)) for k in keys})
-    comp = [s.get(f"segmentation.dice.{region_name(st, c, side)}")
+    fig.update({k: _num(_get(s, k)) for k in keys})
+    comp = [_get(s, f"segmentation.dice.{region_name(st, c, side)}")
             for st, cs in COMPARTMENTS.items() for c in cs for side in SIDES]
     comp = [d for d in comp if _num(d) is not None]
     if comp:

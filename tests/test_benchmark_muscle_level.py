@@ -46,10 +46,10 @@ def test_stages_are_the_default_commands(bench, tmp_path):
 def test_gather_reads_the_figures(bench, tmp_path):
     ev = tmp_path / "eval_m_test"
     ev.mkdir()
-    summary = {"n_cases": 10, "n_subjects": 5, "segmentation.dice_mean": 0.5,
-               "edema.kappa_quadratic.model_vs_mean": 0.7,
-               "segmentation.dice.thigh_anterior_right": 0.8, "segmentation.dice.thigh_anterior_left": 0.6,
-               "segmentation.dice.calf_tibialis_anterior_right": 0.1}   # a muscle: not a compartment
+    summary = {"n_cases": 10, "n_subjects": 5, "edema": {"kappa_quadratic": {"model_vs_mean": 0.7}},
+               "segmentation": {"dice_mean": 0.5, "dice": {
+                   "thigh_anterior_right": 0.8, "thigh_anterior_left": 0.6,
+                   "calf_tibialis_anterior_right": 0.1}}}   # a muscle: not a compartment
     (ev / "summary.json").write_text(json.dumps(summary))
     pd.DataFrame({"region": ["thigh_gracilis_right", "thigh_gracilis_left", "thigh_gracilis"],
                   "n": [5, 5, 10], "dice_mean": [0.4, 0.6, 0.5],
