@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_nnunet import machine, run_measured  # noqa: E402
+from benchmark_nnunet import _stage, machine, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE = Path(__file__).resolve().parent / "compare_analyses.py"
@@ -52,20 +52,6 @@ GROUPS = ["compare.by=diagnosis", "compare.groups=[DM,IMNM]"]
 EXCLUDE = ["compare.exclude=[P001,P002,P003]"]   # the secondary analysis (seed 004's design)
 EVAL_ARGS = ["split=test", "bootstrap=500", "hd95=false"]
 LEVELS = {"m": "muscle", "c": "compartment"}
-
-
-def _stage(results: Path, name: str, fn) -> dict:
-    path = results / f"{name}.json"
-    if path.is_file():
-        print(f"[{name}] done before: {path}")
-        return json.loads(path.read_text())
-    print(f"[{name}] running ...", flush=True)
-    res = fn()
-    res.setdefault("finished", time.strftime("%Y-%m-%d %H:%M:%S"))
-    results.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"[{name}] done: wall {res.get('wall_s')} s, CPU {res.get('cpu_s')} s", flush=True)
-    return res
 
 
 def _cn(t: str) -> str:
@@ -109,7 +95,7 @@ def stages(py: str, w: Path, train_overrides: list[str]) -> list[tuple[str, list
 # -- gathering ------------------------------------------------------------------------------
 
 def _num(x):
-    return None if x is None or (isinstance(x, float) and x != x) else x
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
 def _get(tree: dict, dotted: str):
