@@ -44,7 +44,6 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_nnunet import _stage, machine, run_measured
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPARE = Path(__file__).resolve().parent / "compare_analyses.py"
 COHORT_ARGS = ["subjects=25", "preset=small", "seed=0", "grade_scale=extent4",
                "disease.groups={DM: 11, IMNM: 14}"]
@@ -160,7 +159,7 @@ def gather(w: Path, train_overrides: list[str]) -> dict:
         out["muscle_model"] = {"test_vs_muscle_readers": {**eval_figures(w, "eval_m_test"),
                                                           "per_muscle": per_muscle(w, "eval_m_test")}}
     if (w / "eval_m_test_vs_c" / "summary.json").is_file():
-        out["muscle_model"]["test_vs_compartment_readers"] = eval_figures(w, "eval_m_test_vs_c")
+        out.setdefault("muscle_model", {})["test_vs_compartment_readers"] = eval_figures(w, "eval_m_test_vs_c")
     if (w / "eval_c_test" / "summary.json").is_file():
         out["compartment_model"] = {"test": eval_figures(w, "eval_c_test")}
     for name in ("cmp_m", "cmp_m_test", "cmp_c", "cmp_c_test"):
