@@ -97,15 +97,6 @@ def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def _get(tree: dict, dotted: str):
-    """``summary.json``'s figure ``a.b.c`` (nested objects, as DESIGN.md names the keys)."""
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
-
-
 def eval_figures(w: Path, name: str) -> dict:
     """The headline agreement figures of one ``evaluate`` output (``summary.json`` keys).
 
@@ -113,6 +104,7 @@ def eval_figures(w: Path, name: str) -> dict:
     rolled up, ``segmentation.dice.{compartment region}``).
     """
     from nxp2seg.data.schema import COMPARTMENTS, SIDES, region_name
+    from nxp2seg.report.html import _get  # summary.json's figure a.b.c, as the report reads it
 
     s = json.loads((w / name / "summary.json").read_text())
     keys = ["n_cases", "n_subjects", "segmentation.dice_mean", "segmentation.dice_mean_ci",
