@@ -6,7 +6,7 @@ docs/benchmarks/nnunet.md):
 
     python scripts/benchmark_nnunet.py --nnunet-python ~/.venvs/nnunet/bin/python \\
         [--workdir outputs/benchmark/nnunet] [--subjects 48] [--preset small] [--budgets 1 2 4] \\
-        [--epochs 48] [--systems nxp2seg nnunet] [--json-dir docs/benchmarks/nnunet]
+        [--epochs 48] [--systems nxp2seg nnunet] [--json-dir docs/benchmarks/nnunet] [--device cuda]
 
 Steps, each a result JSON in ``WORKDIR/results/`` that a rerun skips (the run is
 resumable: kill it and start it again):
@@ -40,6 +40,15 @@ An interrupted training resumes mid-stage: nxp2seg from ``checkpoints/last.ckpt`
 (``ckpt_path``), nnU-Net from ``checkpoint_latest.pth``; the CPU and wall seconds
 of the interrupted attempts up to their last checkpoint are added (their
 start-up is counted again; the part of an epoch cut off is redone).
+
+``--device cuda`` runs both systems on the GPU (nxp2seg ``trainer=gpu``: bf16 mixed
+precision; nnU-Net's own CUDA path: fp16 autocast, everything on the device at
+inference) and measures the budget in **wall seconds** of the training process
+instead of CPU seconds (which count the host's data loading, not the GPU's work):
+nnU-Net trains for ``k * W - Q``, ``W`` the wall seconds of nxp2seg's 1x training,
+``Q`` those of nnU-Net's planning. nnU-Net's ``torch.compile`` is off there unless
+``nnUNet_compile=true`` is in the environment: its compile minutes would count
+against a budget of a few minutes.
 
 Every stage records wall seconds, CPU seconds (user + system of the process and its
 children, ``os.wait4``) and peak resident memory, and the machine's load average
@@ -143,9 +152,15 @@ def _add_attempts(usage: dict, previous: list[dict]) -> dict:
 def machine() -> dict:
     import torch
 
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"platform": platform.platform(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "torch_nxp2seg": torch.__version__,
+            "cpus": os.cpu_count(), "gpu": gpu, "torch_nxp2seg": torch.__version__,
             "python": platform.python_version()}
+
+
+def budget_clock(device: str) -> str:
+    """The clock a budget is counted on: CPU seconds on CPU, wall seconds on a GPU."""
+    return "wall" if device == "cuda" else "cpu"
 
 
 # -- export to nnU-Net's raw format -------------------------------------------------------
@@ -297,7 +312,8 @@ def run_nxp2seg(k: int, args, work: Path, cohort_dir: Path) -> dict:
            "grading=none", f"trainer.max_epochs={epochs}",
            f"trainer.check_val_every_n_epoch={max(1, epochs // 2)}", "test=false",
            "+callbacks.benchmark_usage._target_=benchmark_nnunet.EpochUsage",
-           f"+callbacks.benchmark_usage.path={state}", *args.nxp2seg_overrides]
+           f"+callbacks.benchmark_usage.path={state}",
+           *(["trainer=gpu"] if args.device == "cuda" else []), *args.nxp2seg_overrides]
     if previous:
         cmd.append(f"ckpt_path={last}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -313,7 +329,7 @@ def run_nxp2seg(k: int, args, work: Path, cohort_dir: Path) -> dict:
         name = "tta" if tta else "no_tta"
         out = run_dir / f"pred_{name}"
         pcmd = [py, "-m", "nxp2seg.predict", f"model={run_dir / 'bundle'}", f"input={cohort_dir}",
-                "split=test", f"output={out}", "device=cpu", "qc=false", f"flip_tta={str(tta).lower()}",
+                "split=test", f"output={out}", f"device={args.device}", "qc=false", f"flip_tta={str(tta).lower()}",
                 "progress=false"]
         pred = run_measured(pcmd, run_dir / f"predict_{name}.log", nice=args.nice)
         cases = {p.parent.name: json.loads(p.read_text())["seconds"] for p in out.glob("*/report.json")}
@@ -339,11 +355,25 @@ def nnunet_env(work: Path, results: Path | None = None) -> dict[str, str]:
     return env
 
 
+def plan_command(nnunet_python: str) -> list[str]:
+    """``nnUNetv2_plan_and_preprocess`` beside ``nnunet_python``, or its entry point through that python.
+
+    The entry point serves where nnU-Net was installed without its console scripts
+    (``pip install --target``, as on a lent GPU machine).
+    """
+    tool = Path(nnunet_python).parent / "nnUNetv2_plan_and_preprocess"
+    if tool.is_file():
+        return [str(tool)]
+    entry = ("import sys; sys.argv[0] = 'nnUNetv2_plan_and_preprocess'; "
+             "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import "
+             "plan_and_preprocess_entry; plan_and_preprocess_entry()")
+    return [nnunet_python, "-c", entry]
+
+
 def run_nnunet_plan(args, work: Path) -> dict:
     env = nnunet_env(work)
-    tool = Path(args.nnunet_python).parent / "nnUNetv2_plan_and_preprocess"
-    cmd = [str(tool), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", str(args.processes),
-           "--verify_dataset_integrity"]
+    cmd = [*plan_command(args.nnunet_python), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np",
+           str(args.processes), "--verify_dataset_integrity"]
     res = run_measured(cmd, work / "logs" / "nnunet_plan.log", env=env, nice=args.nice)
     pre = Path(env["nnUNet_preprocessed"]) / DATASET_NAME
     export = json.loads((work / "results" / "export.json").read_text())
@@ -357,7 +387,7 @@ def run_nnunet_plan(args, work: Path) -> dict:
                 "features_per_stage")}
 
 
-def run_nnunet(k: int, args, work: Path, cohort_dir: Path, budget_cpu_s: float) -> dict:
+def run_nnunet(k: int, args, work: Path, cohort_dir: Path, budget_s: float) -> dict:
     run_dir = work / f"nnunet_x{k}"
     model = run_dir / "model" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres"
     state = model / "fold_0" / "budget_state.json"
@@ -369,9 +399,12 @@ def run_nnunet(k: int, args, work: Path, cohort_dir: Path, budget_cpu_s: float) 
         previous.append(json.loads(state.read_text()))
         (run_dir / "attempts.json").write_text(json.dumps(previous, indent=2) + "\n")
     env = nnunet_env(work, results=run_dir / "model")
+    if args.device == "cuda":
+        env.setdefault("nnUNet_compile", "false")  # see the module docstring
     export = json.loads((work / "results" / "export.json").read_text())
-    cmd = [args.nnunet_python, str(RUNNER), "train", "--dataset", str(DATASET_ID), "--budget-cpu-s",
-           f"{budget_cpu_s:.1f}", "--lr-axis", str(export["lr_axis"]), "--threads", str(args.processes)]
+    cmd = [args.nnunet_python, str(RUNNER), "train", "--dataset", str(DATASET_ID),
+           f"--budget-{budget_clock(args.device)}-s", f"{budget_s:.1f}", "--lr-axis", str(export["lr_axis"]),
+           "--threads", str(args.processes), "--device", args.device]
     cmd += ["--mirror-lr"] if args.nnunet_mirror_lr else []
     train = run_measured(cmd, run_dir / f"train{len(previous) or ''}.log", env=env, nice=args.nice)
     if previous:  # the runner counted the checkpointed compute of the interrupted attempts in its budget
@@ -386,7 +419,8 @@ def run_nnunet(k: int, args, work: Path, cohort_dir: Path, budget_cpu_s: float) 
         name = "tta" if mirror else "no_tta"
         out = run_dir / f"pred_{name}"
         pcmd = [args.nnunet_python, str(RUNNER), "predict", "--model", str(model), "--images", str(images),
-                "--out", str(out), "--threads", str(args.processes)] + ([] if mirror else ["--no-mirroring"])
+                "--out", str(out), "--threads", str(args.processes), "--device", args.device]
+        pcmd += [] if mirror else ["--no-mirroring"]
         pred = run_measured(pcmd, run_dir / f"predict_{name}.log", env=env, nice=args.nice)
         seconds = json.loads((out / "seconds.json").read_text())
         # what nnU-Net needs per case beyond its own prediction: the STIR resampled onto the T1
@@ -472,6 +506,8 @@ def main() -> None:
     ap.add_argument("--systems", nargs="+", default=["nxp2seg", "nnunet"], choices=["nxp2seg", "nnunet"])
     ap.add_argument("--processes", type=int, default=2, help="threads / worker processes per system")
     ap.add_argument("--nice", type=int, default=0, help="run every stage at this niceness")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="train and predict both systems here; on cuda the budget is wall seconds")
     ap.add_argument("--nnunet-mirror-lr", action="store_true",
                     help="let nnU-Net mirror right-left too (its default; it cannot keep the sides apart)")
     ap.add_argument("--nxp2seg-overrides", nargs="*", default=[],
@@ -501,7 +537,8 @@ def main() -> None:
         if "nnunet" in args.systems:
             plan = _stage(results_dir, "nnunet_plan", run_nnunet_plan, args, work)
             # at least one iteration even when planning alone used up the budget (tiny test runs)
-            budget = max(k * base["train"]["cpu_s"] - plan["cpu_s"], 1.0)
+            clock = f"{budget_clock(args.device)}_s"
+            budget = max(k * base["train"][clock] - plan[clock], 1.0)
             done[f"nnunet_x{k}"] = _stage(results_dir, f"nnunet_x{k}", run_nnunet, k, args, work,
                                           cohort_dir, budget)
     write_summary(args, work, export, base, done)
@@ -512,7 +549,9 @@ def write_summary(args, work: Path, export: dict, base: dict | None, done: dict[
     summary = {"machine": machine(), "cohort": {"preset": args.preset, "subjects": args.subjects,
                                                 "seed": args.seed, "train_cases": export["train"],
                                                 "test_cases": export["test"]},
+               "device": args.device, "budget_clock": budget_clock(args.device),
                "nxp2seg_budget_cpu_s": base["train"]["cpu_s"] if base else None,
+               "nxp2seg_budget_wall_s": base["train"]["wall_s"] if base else None,
                "runs": done, "table": table(done)}
     for extra in ("export", "nnunet_plan"):
         if (results_dir / f"{extra}.json").is_file():

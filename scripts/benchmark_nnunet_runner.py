@@ -3,13 +3,15 @@
 
 Two commands:
 
-* ``train --dataset ID --budget-cpu-s S [--lr-axis A] [--mirror-lr]`` trains
+* ``train --dataset ID --budget-cpu-s S [--lr-axis A] [--mirror-lr] [--device cuda]`` trains
   :class:`nnUNetTrainerCPUBudget` on fold 0 of the preprocessed dataset (the
   ``nnUNet_*`` environment variables name the folders). It is nnU-Net's default
   ``nnUNetTrainer`` (network, loss, augmentation, SGD with Nesterov momentum,
   initial learning rate 0.01, batch and patch from the plans) with two changes
   for a fixed compute budget: training stops once the CPU seconds of the
-  training process and its data-augmentation workers reach ``S``, and the poly
+  training process and its data-augmentation workers reach ``S`` (with
+  ``--budget-wall-s S`` instead: once its wall seconds do, the clock of a GPU
+  run), and the poly
   learning-rate schedule ``lr = 0.01 (1 - used / S)^0.9`` runs over that budget
   (set before every iteration) instead of over 1000 epochs of 250 iterations,
   so a short run still anneals. Epochs are 10 training + 2 validation
@@ -32,7 +34,7 @@ Two commands:
   import ``timm`` and ``timm`` imports ``torchvision``, which fails against a
   CPU build of torch (the PyPI torchvision is built for the CUDA one).
 
-* ``predict --model DIR --images imagesTs --out OUT [--no-mirroring]`` reads
+* ``predict --model DIR --images imagesTs --out OUT [--no-mirroring] [--device cuda]`` reads
   each case with the plans' reader, predicts with ``nnUNetPredictor``
   (``checkpoint_final.pth``, tile step 0.5, Gaussian weighting; mirroring on
   the allowed axes unless ``--no-mirroring``), writes ``OUT/{case}/seg.nii.gz``
@@ -43,10 +45,13 @@ Two commands:
 
 from __future__ import annotations
 
+import time
+
+_T0 = time.perf_counter()  # the wall clock of a budget starts with the process, before its imports
+
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +87,14 @@ def process_tree_cpu_s(pid: int | None = None) -> float:
 
 
 class nnUNetTrainerCPUBudget(nnUNetTrainer):
-    """``nnUNetTrainer`` stopped by a CPU-seconds budget, its poly schedule stretched over it."""
+    """``nnUNetTrainer`` stopped by a compute budget, its poly schedule stretched over it.
 
-    budget_cpu_s: float = 0.0
+    The budget is CPU seconds of the process tree (``clock = "cpu"``, the default) or
+    wall seconds of the trainer (``clock = "wall"``, for GPU runs).
+    """
+
+    budget_s: float = 0.0
+    clock: str = "cpu"
     lr_axis: int | None = None  # right-left axis in the reader's array order; None: mirror all axes
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -99,7 +109,7 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         self.save_every = 1  # checkpoint_latest.pth after every epoch: an interrupted run resumes there
         self.iterations = 0
         self.prior_cpu_s = self.prior_wall_s = 0.0  # checkpointed compute of interrupted attempts
-        self._t0 = time.perf_counter()
+        self._t0 = _T0
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rot, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -110,15 +120,19 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         self.inference_allowed_mirroring_axes = mirror_axes
         return rot, dummy_2d, initial_patch, mirror_axes
 
-    def used(self) -> float:
+    def cpu(self) -> float:
         return self.prior_cpu_s + process_tree_cpu_s()
+
+    def used(self) -> float:
+        """The budget spent so far, on the budget's clock."""
+        return self.wall() if self.clock == "wall" else self.cpu()
 
     def wall(self) -> float:
         return self.prior_wall_s + time.perf_counter() - self._t0
 
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        state = {"cpu_s": round(self.used(), 2), "wall_s": round(self.wall(), 2),
+        state = {"cpu_s": round(self.cpu(), 2), "wall_s": round(self.wall(), 2),
                  "iterations": self.iterations, "epoch": self.current_epoch + 1}
         Path(self.output_folder, "budget_state.json").write_text(json.dumps(state) + "\n")
 
@@ -138,7 +152,7 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         self.print_to_log_file(f"\nEpoch {self.current_epoch}")
 
     def _set_lr(self, first: bool) -> None:
-        frac = min(self.used() / self.budget_cpu_s, 1.0)
+        frac = min(self.used() / self.budget_s, 1.0)
         lr = self.initial_lr * (1.0 - frac) ** 0.9
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -156,7 +170,7 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
                 self._set_lr(first=i == 0)
                 outputs.append(self.train_step(next(self.dataloader_train)))
                 self.iterations += 1
-                if self.used() >= self.budget_cpu_s:
+                if self.used() >= self.budget_s:
                     done = True
                     break
             self.on_train_epoch_end(outputs)
@@ -175,8 +189,9 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         ema = emas[-1] if emas else None
         info = {"iterations": self.iterations, "epochs": self.current_epoch,
                 "iterations_per_epoch": self.num_iterations_per_epoch,
-                "cpu_s_at_stop": round(self.used(), 1), "wall_s_in_trainer": round(self.wall(), 1),
-                "budget_cpu_s": self.budget_cpu_s, "ema_pseudo_dice": None if ema is None else float(ema),
+                "cpu_s_at_stop": round(self.cpu(), 1), "wall_s_in_trainer": round(self.wall(), 1),
+                f"budget_{self.clock}_s": self.budget_s, "budget_clock": self.clock,
+                "device": str(self.device), "ema_pseudo_dice": None if ema is None else float(ema),
                 "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size),
                 "mirror_axes": list(self.inference_allowed_mirroring_axes or ()),
                 "parameters": int(sum(p.numel() for p in self.network.parameters())),
@@ -197,9 +212,11 @@ def train(args) -> None:
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # as nnunetv2.run.run_training.get_trainer_from_args sets it
     dataset_json = json.loads((pre / "dataset.json").read_text())
-    nnUNetTrainerCPUBudget.budget_cpu_s = args.budget_cpu_s
+    wall = args.budget_wall_s is not None
+    nnUNetTrainerCPUBudget.budget_s = args.budget_wall_s if wall else args.budget_cpu_s
+    nnUNetTrainerCPUBudget.clock = "wall" if wall else "cpu"
     nnUNetTrainerCPUBudget.lr_axis = None if args.mirror_lr else args.lr_axis
-    trainer = nnUNetTrainerCPUBudget(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer = nnUNetTrainerCPUBudget(plans, "3d_fullres", 0, dataset_json, device=torch.device(args.device))
     trainer.resume()
     trainer.run_training()
     print(f"model: {trainer.output_folder_base}")
@@ -211,8 +228,9 @@ def predict(args) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not args.no_mirroring,
-                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     # nnUNetPredictor.initialize_from_trained_model_folder, without its trainer lookup (see above)
     model = Path(args.model)
@@ -235,6 +253,8 @@ def predict(args) -> None:
         seg = predictor.predict_single_npy_array(img, props, None, None, False)
         (args.out / case).mkdir(exist_ok=True)
         reader.write_seg(np.asarray(seg, dtype=np.uint8), str(args.out / case / "seg.nii.gz"), props)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds[case] = round(time.perf_counter() - t0, 3)
         print(f"{case}: {seconds[case]:.1f} s", flush=True)
     (args.out / "cases.csv").write_text("case_id,status\n" + "".join(f"{c},ok\n" for c in cases))
@@ -247,10 +267,13 @@ def main() -> None:
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--dataset", required=True, help="dataset id or name")
-    t.add_argument("--budget-cpu-s", type=float, required=True)
+    budget = t.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-cpu-s", type=float, help="stop at this many CPU seconds (process tree)")
+    budget.add_argument("--budget-wall-s", type=float, help="stop at this many wall seconds (GPU runs)")
     t.add_argument("--lr-axis", type=int, help="the right-left axis (reader's array order): not mirrored")
     t.add_argument("--mirror-lr", action="store_true", help="mirror right-left too (nnU-Net's default)")
     t.add_argument("--threads", type=int, default=os.cpu_count())
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p = sub.add_parser("predict")
     p.add_argument("--model", type=Path, required=True,
                    help="the trainer's output folder (TRAINER__nnUNetPlans__3d_fullres, holding fold_0)")
@@ -258,6 +281,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-mirroring", action="store_true")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     {"train": train, "predict": predict}[args.command](args)
 

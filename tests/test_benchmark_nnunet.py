@@ -145,3 +145,19 @@ def test_seconds_per_exam_sums_the_stations_of_a_subject(bench, synthetic_cohort
     test = split_by_subject(cohort.cases)["test"]
     res = bench.seconds_per_exam({c: 1.5 for c in test}, synthetic_cohort)
     assert res == {"mean": 3.0, "min": 3.0, "max": 3.0, "n_exams": 1}
+
+
+def test_budget_clock_is_cpu_seconds_on_cpu_and_wall_seconds_on_a_gpu(bench):
+    assert bench.budget_clock("cpu") == "cpu"
+    assert bench.budget_clock("cuda") == "wall"
+
+
+def test_plan_command_uses_the_console_script_or_the_entry_point(bench, tmp_path):
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").touch()
+    bare = bench.plan_command(str(venv_bin / "python"))  # installed without console scripts
+    assert bare[:2] == [str(venv_bin / "python"), "-c"] and "plan_and_preprocess_entry()" in bare[2]
+    compile(bare[2], "<plan>", "exec")  # the one-liner is valid Python
+    (venv_bin / "nnUNetv2_plan_and_preprocess").touch()
+    assert bench.plan_command(str(venv_bin / "python")) == [str(venv_bin / "nnUNetv2_plan_and_preprocess")]
