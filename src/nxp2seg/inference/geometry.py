@@ -85,7 +85,8 @@ def probabilities_to_labels(
     Returns:
         ``dst_shape`` array of label values, ``uint8`` (``uint16`` if a value exceeds 255).
     """
-    p = torch.as_tensor(probs, dtype=torch.float32)
+    # resampled on the CPU whatever device the network ran on: the index arithmetic meets numpy
+    p = torch.as_tensor(probs, dtype=torch.float32, device="cpu")
     _, *src_shape = p.shape
     dst_shape = tuple(int(s) for s in dst_shape)
     m_np = voxel_map(src_affine, dst_affine)
