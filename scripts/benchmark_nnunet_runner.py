@@ -189,7 +189,7 @@ class nnUNetTrainerCPUBudget(nnUNetTrainer):
         ema = emas[-1] if emas else None
         info = {"iterations": self.iterations, "epochs": self.current_epoch,
                 "iterations_per_epoch": self.num_iterations_per_epoch,
-                "cpu_s_at_stop": round(self.cpu(), 1), "wall_s_in_trainer": round(self.wall(), 1),
+                "cpu_s_at_stop": round(self.cpu(), 1), "wall_s_in_trainer": round(self.wall(), 1),  # since the process started
                 f"budget_{self.clock}_s": self.budget_s, "budget_clock": self.clock,
                 "device": str(self.device), "ema_pseudo_dice": None if ema is None else float(ema),
                 "batch_size": self.batch_size, "patch_size": list(self.configuration_manager.patch_size),

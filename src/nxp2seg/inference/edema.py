@@ -91,10 +91,9 @@ def edema_map(stir: np.ndarray, t1: np.ndarray, muscle: np.ndarray, fat: np.ndar
     zero = stir_zero(image_np[None], percentile)  # air: on the whole volume
     if features is None:
         features = _case_features(image, m, f, zero)
-    # the bundle's grader lives where the network does (a GPU too): its reference on its device
-    device = next((t.device for t in (*features.parameters(), *features.buffers())), torch.device("cpu"))
-    image, m, f = image.to(device), m.to(device), f.to(device)
-    q, fi, ref = features.tissue(image, m, f, zero.to(device) if torch.is_tensor(zero) else zero)
+    # the bundle's grader lives where the network does (a GPU too): read the tissue on its device
+    device = features.stir_tau.device
+    q, fi, ref = features.tissue(image.to(device), m.to(device), f.to(device), zero.to(device))
     lo, hi = features.muscle_like_window
     inside = (q[0, 0] > features.edema_threshold) & (fi[0, 0] > lo) & (fi[0, 0] < hi)
     edema[box] = muscle[box] & inside.cpu().numpy()
