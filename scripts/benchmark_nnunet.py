@@ -172,8 +172,8 @@ def export_nnunet_raw(cohort_dir: Path, raw_root: Path, splits: dict[str, list[s
     ``splits`` is ``{"train": [...], "val": [...], "test": [...]}`` (case ids, as
     ``nxp2seg.data.datamodule.split_by_subject`` returns): train and val cases go
     to ``imagesTr``/``labelsTr``, test cases to ``imagesTs``. Channel 0 is the T1
-    copied as it is; channel 1 the STIR resampled onto the T1's grid (trilinear;
-    outside the STIR's field of view 0). Labels keep the cohort's schema and values
+    (or Dixon fat image) copied as it is; channel 1 the STIR (water) resampled onto
+    channel 0's grid (trilinear; outside its field of view 0). Labels keep the cohort's schema and values
     (nnU-Net's ``labels``: name -> value, ``background`` 0). Returns
     ``{"dataset": path, "train": n, "test": n, "seconds": {case_id: s}, "splits_final": [...]}``;
     ``seconds`` is the STIR resampling and writing of each test case (part of what
@@ -224,7 +224,9 @@ def export_nnunet_raw(cohort_dir: Path, raw_root: Path, splits: dict[str, list[s
         seg.set_data_dtype(np.uint8)
         nib.save(seg, out / "labelsTr" / f"{case_id}.nii.gz")
     dataset = {
-        "channel_names": {"0": "T1", "1": "STIR"},  # not "CT": nnU-Net z-scores each channel
+        # the cohort's own names (T1, STIR or FAT, WATER), never "CT": nnU-Net z-scores each channel
+        "channel_names": {str(k): str(v) for k, v in sorted(cohort.dataset.channel_names.items(),
+                                                            key=lambda kv: int(kv[0]))},
         "labels": {name: int(v) for name, v in sorted(labels.items(), key=lambda kv: kv[1])},
         "numTraining": len(training),
         "file_ending": ".nii.gz",

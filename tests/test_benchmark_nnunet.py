@@ -42,7 +42,7 @@ def test_export_layout_dataset_json_and_splits(exported):
     cohort, splits, res = exported
     out = Path(res["dataset"])
     ds = json.loads((out / "dataset.json").read_text())
-    assert ds["channel_names"] == {"0": "T1", "1": "STIR"}
+    assert ds["channel_names"] == {"0": "T1", "1": "STIR"}  # the cohort's own names
     assert ds["labels"] == cohort.dataset.schema.labels
     assert sorted(ds["labels"].values()) == list(range(16))
     assert ds["file_ending"] == ".nii.gz"
