@@ -62,7 +62,7 @@ def run(cmd: list[str], logfile: Path) -> float:
     t0 = time.perf_counter()
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         tail = logfile.read_text()[-3000:]
         raise SystemExit(f"failed ({rc}): {' '.join(cmd)}\n{tail}")
@@ -74,16 +74,21 @@ def run(cmd: list[str], logfile: Path) -> float:
 # ---------------------------------------------------------------------------
 
 
-def convert(data: Path, out: Path, level: str) -> Path:
-    cohort = out / "cohorts" / level
+def convert(data: Path, out: Path, level: str, as_t1stir: bool = False) -> Path:
+    """The three exams as a cohort at ``level``: channels FAT, WATER, or with ``as_t1stir`` the fat
+    image declared as T1 and the water image as STIR (to fine-tune a T1/STIR bundle; the images are
+    the same files)."""
+    name = f"{level}_as_t1stir" if as_t1stir else level
+    cohort = out / "cohorts" / name
     if (cohort / "dataset.json").exists():
         return cohort
-    spec = out / "work" / "spec.yaml"
+    spec = out / "work" / f"spec_{name}.yaml"
     spec.parent.mkdir(parents=True, exist_ok=True)
+    first, second = ("t1", "stir") if as_t1stir else ("fat", "water")
     exams = [
         {"subject_id": f"H{s}", "station": "thigh",
-         "fat": str(data / "Input_data" / f"Thigh_{s}_0000.nii.gz"),
-         "water": str(data / "Input_data" / f"Thigh_{s}_0001.nii.gz"),
+         first: str(data / "Input_data" / f"Thigh_{s}_0000.nii.gz"),
+         second: str(data / "Input_data" / f"Thigh_{s}_0001.nii.gz"),
          "label": str(data / "Output_segmentation" / f"Thigh_{s}.nii.gz")}
         for s in SUBJECTS
     ]
@@ -92,7 +97,7 @@ def convert(data: Path, out: Path, level: str) -> Path:
     spec.write_text(yaml.safe_dump({"label_table": str(data / LABEL_TABLE), "aliases": ALIASES,
                                     "side": "auto", "name": "huashan-thigh", "exams": exams}))
     run([sys.executable, "-m", "nxp2seg.data.convert", f"spec={spec}", f"out={cohort}", f"level={level}"],
-        out / "logs" / f"convert_{level}.txt")
+        out / "logs" / f"convert_{name}.txt")
     return cohort
 
 
@@ -199,14 +204,21 @@ def score_case(pred_dir: Path, cohort: Path, case_id: str) -> dict:
         for name, v in schema.labels.items():
             if name.endswith(("_right", "_left")) and not name.startswith(("subcutaneous", "calf")) and (truth == v).any():
                 row[f"muscle_dice/{name}"] = _dice(truth == v, pred == v)
-    report = json.loads((pred_dir / case_id / "report.json").read_text())
+    report_path = pred_dir / case_id / "report.json"  # absent for another tool's segmentation (nnU-Net)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     row["ood_score"] = report.get("ood_score")
     row["warnings"] = ";".join(report.get("warnings") or [])
     return row
 
 
-def fat_fraction_rows(pred_dir: Path, cohort: Path, case_id: str) -> list[dict]:
-    """``fat_fraction`` of the predicted regions vs the same estimator inside the authors' labels."""
+def fat_fraction_rows(pred_dir: Path, cohort: Path, case_id: str, from_seg: bool = False) -> list[dict]:
+    """``fat_fraction`` of the predicted regions vs the same estimator inside the authors' labels.
+
+    The prediction's own ``regions.csv`` (what ``predict`` reports on a Dixon cohort), or with
+    ``from_seg`` the estimator applied to the predicted ``seg.nii.gz`` (a T1/STIR-declared cohort,
+    where ``predict`` computes none, and another tool's segmentation). Channel 0 is the fat image,
+    channel 1 the water image in both cohorts.
+    """
     from nxp2seg.data.cohort import Cohort
     from nxp2seg.data.schema import default_compartment_schema
     from nxp2seg.inference.exam_checks import fat_fractions
@@ -219,9 +231,14 @@ def fat_fraction_rows(pred_dir: Path, cohort: Path, case_id: str) -> list[dict]:
     comp = default_compartment_schema()
     regions = {n: comp.regions[n].labels for n in comp.region_names("thigh")}
     ref = fat_fractions(fat, water, truth, regions)
-    pred = pd.read_csv(pred_dir / "regions.csv").set_index(["case_id", "region"])
+    if from_seg:
+        seg = lut[np.asarray(nib.load(pred_dir / case_id / "seg.nii.gz").dataobj)]
+        got = fat_fractions(fat, water, seg, regions)
+    else:
+        table = pd.read_csv(pred_dir / "regions.csv").set_index(["case_id", "region"])
+        got = {n: float(table.loc[(case_id, n), "fat_fraction"]) for n in regions}
     return [{"case_id": case_id, "region": n, "fat_fraction_truth": ref[n],
-             "fat_fraction_predicted": float(pred.loc[(case_id, n), "fat_fraction"])} for n in regions]
+             "fat_fraction_predicted": float(got[n])} for n in regions]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -272,10 +289,10 @@ def guard_on_phantom(bundle: Path, out: Path, subjects: int) -> dict:
     return res
 
 
-def fat_fraction_summary(rows: list[dict], tables: Path) -> dict:
+def fat_fraction_summary(rows: list[dict], tables: Path, name: str = "fat_fraction") -> dict:
     ff = pd.DataFrame(rows)
     ff["abs_error"] = (ff["fat_fraction_predicted"] - ff["fat_fraction_truth"]).abs()
-    ff.to_csv(tables / "fat_fraction.csv", index=False)
+    ff.to_csv(tables / f"{name}.csv", index=False)
     return {
         "n_regions": len(ff), "within_0.05": int((ff["abs_error"] <= 0.05).sum()),
         "share_within_0.05": round(float((ff["abs_error"] <= 0.05).mean()), 4),
@@ -299,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/realdata/huashan-thigh"))
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--dixon-bundle", type=Path, required=True, help="bundle pre-trained on the Dixon phantom")
-    ap.add_argument("--t1stir-bundle", type=Path, default=None, help="the default T1/STIR bundle (zero-shot only)")
+    ap.add_argument("--dixon-bundle", type=Path, default=None,
+                    help="bundle pre-trained on the Dixon phantom (zero-shot, fine-tune, scratch variants)")
+    ap.add_argument("--t1stir-bundle", type=Path, default=None,
+                    help="a T1/STIR phantom bundle: zero-shot, the guard, and the fine-tune of the exams "
+                         "declared T1/STIR (fat as T1, water as STIR)")
     ap.add_argument("--steps", type=int, default=None,
                     help="optimizer steps of each training (default: experiment=finetune's, 300)")
     ap.add_argument("--patches", type=int, default=None,
@@ -310,9 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", nargs="*", default=list(SUBJECTS), choices=list(SUBJECTS),
                     help="held-out subjects to train (default all; a subset trains only, e.g. in a second "
                          "process, and a later run with all folds scores them)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["compartment", "muscle", "scratch", "zeroshot", "guard"],
+    ap.add_argument("--skip", nargs="*", default=[], choices=["compartment", "muscle", "scratch", "zeroshot", "guard", "t1stir"],
                     help="stages to leave out (e.g. run the variants in two processes: --skip compartment in one)")
     args = ap.parse_args(argv)
+    if args.dixon_bundle is None:  # the Dixon-phantom variants need their bundle
+        args.skip = sorted({*args.skip, "compartment", "muscle", "scratch"})
+    if args.t1stir_bundle is None:
+        args.skip = sorted({*args.skip, "t1stir", "guard"})
     out = args.out.resolve()
     minutes: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -342,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             write_summary(out, results, minutes, args)
 
     variants = []
+    if "t1stir" not in args.skip:  # the T1/STIR phantom bundle, fine-tuned on the exams declared T1/STIR
+        variants.append(("finetune_t1stir_compartment", convert(args.data, out, "compartment", as_t1stir=True),
+                         [f"model.init_from={args.t1stir_bundle}", "experiment=finetune"]))
     if "compartment" not in args.skip:
         variants.append(("finetune_compartment", comp, [f"model.init_from={args.dixon_bundle}", "experiment=finetune"]))
     if muscle is not None:
@@ -355,9 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(("scratch_compartment", comp, [
             "experiment=finetune", f"model.optimizer.lr={args.scratch_lr}",
             f"data.preprocessing.target_spacing={spacing}", f"data.preprocessing.patch_size={patch}"]))
-    ff_rows: list[dict] = []
     for tag, cohort, overrides in variants:
-        rows = []
+        rows, ff_rows = [], []
         t0 = time.perf_counter()
         for s in args.folds:
             fold = fold_cohort(cohort, out / "folds" / f"{cohort.name}_minus_{s}", s)
@@ -369,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             pred = run_dir / "predictions"
             predict(bundle, fold, pred, out / "logs" / f"{tag}_{s}_predict.txt", split="test")
             rows.append({**score_case(pred, fold, f"H{s}_thigh"), **schedule})
-            if tag == "finetune_compartment":
-                ff_rows += fat_fraction_rows(pred, fold, f"H{s}_thigh")
+            if tag in ("finetune_compartment", "finetune_t1stir_compartment"):
+                ff_rows += fat_fraction_rows(pred, fold, f"H{s}_thigh", from_seg=tag != "finetune_compartment")
             copy_qc(pred, out / "qc", f"{tag}_fold{s}")
             log(f"{tag}: fold {s}: dice {np.nanmean([v for k, v in rows[-1].items() if k.startswith('dice/')]):.3f}")
         if tuple(args.folds) != SUBJECTS:  # some folds only (another process runs the others)
@@ -378,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         minutes[tag] = (time.perf_counter() - t0) / 60
         pd.DataFrame(rows).to_csv(tables / f"{tag}.csv", index=False)
         results[tag] = summarise(rows)
-        if ff_rows and "fat_fraction" not in results:
-            results["fat_fraction"] = fat_fraction_summary(ff_rows, tables)
+        if ff_rows:
+            name = "fat_fraction" if tag == "finetune_compartment" else f"fat_fraction_{tag}"
+            results[name] = fat_fraction_summary(ff_rows, tables, name)
         write_summary(out, results, minutes, args)
     if args.t1stir_bundle is not None and "guard" not in args.skip:
         t0 = time.perf_counter()
@@ -396,7 +423,7 @@ def write_summary(out: Path, results: dict, minutes: dict, args: argparse.Namesp
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = {"results": results, "minutes": {k: round(v, 2) for k, v in minutes.items()},
                "cpu_minutes_children": round((cpu.ru_utime + cpu.ru_stime) / 60, 2),
-               "steps": args.steps, "patches": args.patches, "dixon_bundle": str(args.dixon_bundle),
+               "steps": args.steps, "patches": args.patches, "dixon_bundle": str(args.dixon_bundle) if args.dixon_bundle else None,
                "t1stir_bundle": str(args.t1stir_bundle) if args.t1stir_bundle else None,
                "cpu_count": os.cpu_count()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
